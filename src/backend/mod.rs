@@ -1,0 +1,98 @@
+//! ONNX Runtime: one session per inference worker. Nothing above this module knows `ort`.
+
+use std::path::Path;
+
+use fer_contract::Manifest;
+use fer_contract::onnx::GraphShape;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{path}: cannot load the ONNX graph: {message}")]
+    Load { path: String, message: String },
+    #[error("{path}: graph does not match its manifest: {message}")]
+    Mismatch { path: String, message: String },
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+/// Session options derived from the server's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    pub intra_op_threads: usize,
+}
+
+/// One ONNX Runtime session of a model version; owned by one inference worker.
+pub struct OnnxSession {
+    session: Session,
+    input_shape: [usize; 3],
+    classes: usize,
+}
+
+impl OnnxSession {
+    /// Loads `model.onnx` and checks it against the manifest.
+    pub fn load(
+        environment: &ort::environment::Environment,
+        path: &Path,
+        manifest: &Manifest,
+        options: SessionOptions,
+    ) -> Result<(Self, GraphShape), BackendError> {
+        let load_error = |e: ort::Error| BackendError::Load {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let session = Session::builder(environment)
+            .map_err(load_error)?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| load_error(e.into()))?
+            .with_intra_threads(options.intra_op_threads.max(1))
+            .map_err(|e| load_error(e.into()))?
+            .commit_from_file(path)
+            .map_err(load_error)?;
+        let shape = fer_contract::onnx::check_graph(&session, manifest).map_err(|message| {
+            BackendError::Mismatch {
+                path: path.display().to_string(),
+                message,
+            }
+        })?;
+        Ok((
+            Self {
+                session,
+                input_shape: [
+                    manifest.input.channels.count(),
+                    manifest.input.height as usize,
+                    manifest.input.width as usize,
+                ],
+                classes: manifest.labels.len(),
+            },
+            shape,
+        ))
+    }
+
+    /// Runs a batch of `rows` images laid out NCHW in `input`; writes `rows × classes` outputs.
+    pub fn run(&mut self, input: &[f32], rows: usize, output: &mut Vec<f32>) -> Result<(), BackendError> {
+        let [c, h, w] = self.input_shape;
+        debug_assert_eq!(input.len(), rows * c * h * w);
+        let tensor = TensorRef::from_array_view(([rows, c, h, w], input))
+            .map_err(|e| BackendError::Run(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![tensor])
+            .map_err(|e| BackendError::Run(e.to_string()))?;
+        let (_, values) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| BackendError::Run(e.to_string()))?;
+        if values.len() != rows * self.classes {
+            return Err(BackendError::Run(format!(
+                "graph returned {} values for {rows} images of {} classes",
+                values.len(),
+                self.classes
+            )));
+        }
+        output.clear();
+        output.extend_from_slice(values);
+        Ok(())
+    }
+}

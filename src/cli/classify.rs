@@ -1,0 +1,74 @@
+//! `fer-server classify FILE...`: the same decode and model as the server, without a server.
+
+use std::io::Write;
+
+use anyhow::Context;
+use fer_contract::{OutputKind, Preprocessor, softmax_in_place};
+
+use crate::backend::{OnnxSession, SessionOptions};
+use crate::config::ClassifyArgs;
+
+pub fn run(args: &ClassifyArgs) -> anyhow::Result<()> {
+    let (_, environment) = fer_contract::onnx::runtime(args.model.ort_dylib.as_deref())?;
+    let name = args.model_name.as_deref().unwrap_or(&args.model.default_model);
+    let model_dir = args.model.models_dir.join(name);
+    let version = match args.version {
+        Some(v) => v,
+        None => newest_version(&model_dir)?,
+    };
+    let dir = model_dir.join(version.to_string());
+    let manifest = fer_contract::Manifest::load(&dir.join(fer_contract::MANIFEST_FILE))?;
+    let options = SessionOptions { intra_op_threads: args.model.intra_threads(1) };
+    let (mut session, _) = OnnxSession::load(environment, &dir.join(fer_contract::MODEL_FILE), &manifest, options)?;
+    let preprocessor = Preprocessor::new(&manifest, args.model.decode_limits());
+    let mut row = vec![0.0f32; preprocessor.input_len()];
+    let mut scores = Vec::new();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut failures = 0;
+    for file in &args.files {
+        let result = std::fs::read(file)
+            .with_context(|| format!("reading {}", file.display()))
+            .and_then(|bytes| Ok(preprocessor.preprocess_into(&bytes, &mut row)?));
+        if let Err(e) = result {
+            failures += 1;
+            if args.json {
+                writeln!(out, "{}", serde_json::json!({"file": file, "error": e.to_string()}))?;
+            } else {
+                writeln!(out, "{}: error: {e:#}", file.display())?;
+            }
+            continue;
+        }
+        session.run(&row, 1, &mut scores)?;
+        if manifest.output.kind == OutputKind::Logits {
+            softmax_in_place(&mut scores);
+        }
+        let mut ranked: Vec<(&str, f32)> = manifest.labels.iter().map(String::as_str).zip(scores.iter().copied()).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ranked.truncate(args.top_k.unwrap_or(ranked.len()).max(1));
+        if args.json {
+            let scores: serde_json::Map<String, serde_json::Value> =
+                ranked.iter().map(|(l, p)| (l.to_string(), serde_json::json!(p))).collect();
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"file": file, "model": {"name": name, "version": version}, "label": ranked[0].0, "confidence": ranked[0].1, "scores": scores})
+            )?;
+        } else {
+            let scores: Vec<String> = ranked.iter().map(|(l, p)| format!("{l} {p:.3}")).collect();
+            writeln!(out, "{}: {} ({})", file.display(), ranked[0].0, scores.join(", "))?;
+        }
+    }
+    if failures > 0 {
+        anyhow::bail!("{failures} of {} files could not be classified", args.files.len());
+    }
+    Ok(())
+}
+
+fn newest_version(model_dir: &std::path::Path) -> anyhow::Result<u64> {
+    std::fs::read_dir(model_dir)
+        .with_context(|| format!("reading {}", model_dir.display()))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .with_context(|| format!("{} holds no version folder", model_dir.display()))
+}

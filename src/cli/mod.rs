@@ -1,0 +1,3 @@
+//! Offline commands of the binary.
+
+pub mod classify;

@@ -1,0 +1,158 @@
+//! Command line and environment: the server's one configuration struct. Nothing else reads env.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "fer-server", version, about = "Facial-expression recognition inference server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the model repository over HTTP.
+    Serve(ServeArgs),
+    /// Classify image files offline (no server), printing label and scores per file.
+    Classify(ClassifyArgs),
+    /// Print (or write) the OpenAPI description of the HTTP API.
+    Openapi {
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where models come from and how they run; shared by `serve` and `classify`.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model repository: `<dir>/<name>/<version>/{model.onnx,manifest.json}`.
+    #[arg(long, env = "FER_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Model used when a request names none.
+    #[arg(long, env = "FER_DEFAULT_MODEL", default_value = "ferplus")]
+    pub default_model: String,
+    /// libonnxruntime.so to load (default: the repository's .ort/lib/, then beside the binary).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_dylib: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads per session (0: the machine's cores divided by the workers).
+    #[arg(long, env = "FER_INTRA_OP_THREADS", default_value_t = 0)]
+    pub intra_op_threads: usize,
+    /// Largest image width or height accepted, checked before decoding.
+    #[arg(long, env = "FER_MAX_IMAGE_SIDE", default_value_t = 8192)]
+    pub max_image_side: u32,
+    /// Largest image area (width × height) accepted, checked before decoding.
+    #[arg(long, env = "FER_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    pub max_image_pixels: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on.
+    #[arg(long, env = "FER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Most images in one inference batch.
+    #[arg(long, env = "FER_MAX_BATCH_SIZE", default_value_t = 32)]
+    pub max_batch_size: usize,
+    /// Longest wait, in milliseconds, for a batch to fill (0: take what is queued).
+    #[arg(long, env = "FER_MAX_QUEUE_DELAY_MS", default_value_t = 0)]
+    pub max_queue_delay_ms: u64,
+    /// Images that may wait per model before requests get 429.
+    #[arg(long, env = "FER_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// Inference workers (ONNX Runtime sessions on their own threads) per model version.
+    #[arg(long, env = "FER_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    /// Threads decoding images (0: one per core).
+    #[arg(long, env = "FER_DECODE_THREADS", default_value_t = 0)]
+    pub decode_threads: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "FER_BODY_LIMIT", default_value_t = 16 * 1024 * 1024)]
+    pub body_limit: usize,
+    /// Most images in one request.
+    #[arg(long, env = "FER_MAX_IMAGES", default_value_t = 64)]
+    pub max_images: usize,
+    /// Log format.
+    #[arg(long, env = "FER_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Image files (JPEG, PNG, WebP, BMP).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Model name (default: --default-model).
+    #[arg(long, env = "FER_MODEL")]
+    pub model_name: Option<String>,
+    /// Model version (default: the newest that loads).
+    #[arg(long, env = "FER_MODEL_VERSION")]
+    pub version: Option<u64>,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Scores to print per file (default: all).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn decode_limits(&self) -> fer_contract::DecodeLimits {
+        fer_contract::DecodeLimits {
+            max_width: self.max_image_side,
+            max_height: self.max_image_side,
+            max_pixels: self.max_image_pixels,
+        }
+    }
+
+    /// Intra-op threads per session: the explicit value, or the cores shared among the workers.
+    pub fn intra_threads(&self, workers: usize) -> usize {
+        if self.intra_op_threads > 0 {
+            self.intra_op_threads
+        } else {
+            (num_cpus::get_physical().max(1) / workers.max(1)).max(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_serve_flag_has_an_env_var() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for sub in ["serve", "classify"] {
+            let sub = cmd.find_subcommand(sub).unwrap();
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_positional() || ["help", "version", "json", "top_k"].contains(&id) {
+                    continue;
+                }
+                assert!(arg.get_env().is_some(), "--{id} has no env var");
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback_8080() {
+        let cli = Cli::try_parse_from(["fer-server", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else { panic!() };
+        assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.max_queue_delay_ms, 0);
+    }
+}

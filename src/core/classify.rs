@@ -1,0 +1,106 @@
+//! Classification: encoded images → decoded in parallel off the async threads → batched
+//! inference → labelled, ordered predictions.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use fer_contract::{OutputKind, Pixels};
+use rayon::prelude::*;
+
+use crate::core::batcher::SubmitError;
+use crate::core::registry::LoadedModel;
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+/// One image's answer: scores by label, sorted best first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub label: String,
+    pub confidence: f32,
+    /// `(label, probability)`, highest first; `top_k` entries when asked, else every label.
+    pub scores: Vec<(String, f32)>,
+}
+
+/// Decodes every image on the rayon pool; the first failure (by index) fails the request.
+pub async fn decode_all(model: &Arc<LoadedModel>, images: Vec<Bytes>, metrics: &Metrics) -> Result<Vec<Pixels>, Error> {
+    let model = Arc::clone(model);
+    let decode = metrics.stage_duration.with_label_values(&[model.manifest.name.as_str(), "decode"]);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let result: Vec<Result<Pixels, Error>> = images
+            .par_iter()
+            .enumerate()
+            .map(|(index, bytes)| {
+                let started = Instant::now();
+                let decoded = model.preprocessor.decode(bytes).map_err(|source| Error::InvalidImage { index, source });
+                decode.observe(started.elapsed().as_secs_f64());
+                decoded
+            })
+            .collect();
+        let _ = tx.send(result.into_iter().collect::<Result<Vec<_>, _>>());
+    });
+    rx.await.map_err(|_| Error::Inference("the decoder pool stopped".into()))?
+}
+
+/// Classifies decoded images with the model; answers in input order.
+pub async fn classify(
+    model: &Arc<LoadedModel>,
+    images: Vec<Pixels>,
+    top_k: Option<usize>,
+    metrics: &Metrics,
+) -> Result<Vec<Prediction>, Error> {
+    let mut receivers = Vec::with_capacity(images.len());
+    for pixels in images {
+        match model.batcher.submit(pixels) {
+            Ok(r) => receivers.push(r),
+            // Dropping the receivers queued so far cancels them.
+            Err(SubmitError::Full) => return Err(Error::QueueFull { retry_after_secs: 1 }),
+            Err(SubmitError::Closed) => return Err(Error::ShuttingDown),
+        }
+    }
+    let labels = &model.manifest.labels;
+    let mut predictions = Vec::with_capacity(receivers.len());
+    for receiver in receivers {
+        let mut scores = receiver
+            .await
+            .map_err(|_| Error::Inference("inference worker stopped".into()))?
+            .map_err(Error::Inference)?;
+        if model.manifest.output.kind == OutputKind::Logits {
+            fer_contract::softmax_in_place(&mut scores);
+        }
+        let prediction = to_prediction(labels, &scores, top_k);
+        metrics
+            .predictions
+            .with_label_values(&[model.manifest.name.as_str(), prediction.label.as_str()])
+            .inc();
+        predictions.push(prediction);
+    }
+    Ok(predictions)
+}
+
+fn to_prediction(labels: &[String], probabilities: &[f32], top_k: Option<usize>) -> Prediction {
+    let mut ranked: Vec<(String, f32)> = labels.iter().cloned().zip(probabilities.iter().copied()).collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let (label, confidence) = ranked[0].clone();
+    ranked.truncate(top_k.unwrap_or(labels.len()).clamp(1, labels.len()));
+    Prediction { label, confidence, scores: ranked }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predictions_rank_scores_and_honour_top_k() {
+        let labels: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let p = to_prediction(&labels, &[0.2, 0.7, 0.1], None);
+        assert_eq!(p.label, "b");
+        assert!((p.confidence - 0.7).abs() < 1e-6);
+        assert_eq!(p.scores.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["b", "a", "c"]);
+        let p = to_prediction(&labels, &[0.2, 0.7, 0.1], Some(1));
+        assert_eq!(p.scores.len(), 1);
+        assert_eq!(to_prediction(&labels, &[0.2, 0.7, 0.1], Some(0)).scores.len(), 1);
+        assert_eq!(to_prediction(&labels, &[0.2, 0.7, 0.1], Some(99)).scores.len(), 3);
+    }
+}

@@ -1,0 +1,5 @@
+//! Use cases and their machinery: batching, the model registry, classification.
+
+pub mod batcher;
+pub mod classify;
+pub mod registry;

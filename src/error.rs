@@ -1,0 +1,118 @@
+//! The server's one error type, mapped once to HTTP statuses (here) and, later, gRPC codes.
+
+use fer_contract::ImageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("model {0:?} not found")]
+    ModelNotFound(String),
+    #[error("model {model:?} has no version {version}")]
+    VersionNotFound { model: String, version: u64 },
+    #[error("model {model:?} version {version} is not ready: {reason}")]
+    ModelNotReady {
+        model: String,
+        version: u64,
+        reason: String,
+    },
+    #[error("image {index}: {source}")]
+    InvalidImage { index: usize, source: ImageError },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("unsupported content type {0:?}: send image/* bytes, multipart/form-data with `image` parts, or application/json {{\"images\": [base64, ...]}}")]
+    UnsupportedMediaType(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{count} images in one request; the limit is {limit}")]
+    TooManyImages { count: usize, limit: usize },
+    #[error("the inference queue is full; retry after {retry_after_secs} s")]
+    QueueFull { retry_after_secs: u64 },
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    /// HTTP status code.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::ModelNotFound(_) | Error::VersionNotFound { .. } => 404,
+            Error::ModelNotReady { .. } | Error::ShuttingDown => 503,
+            Error::InvalidImage { source, .. } => match source {
+                ImageError::Empty | ImageError::Corrupt(_) => 400,
+                ImageError::Unsupported(_) => 415,
+                ImageError::TooLarge { .. } => 422,
+            },
+            Error::BadRequest(_) => 400,
+            Error::UnsupportedMediaType(_) => 415,
+            Error::PayloadTooLarge { .. } => 413,
+            Error::TooManyImages { .. } => 422,
+            Error::QueueFull { .. } => 429,
+            Error::Inference(_) => 500,
+        }
+    }
+
+    /// Stable machine-readable code; also the `reason` label of `fer_failures_total`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::ModelNotFound(_) | Error::VersionNotFound { .. } => "model_not_found",
+            Error::ModelNotReady { .. } => "model_not_ready",
+            Error::InvalidImage { source, .. } => match source {
+                ImageError::TooLarge { .. } => "image_too_large",
+                ImageError::Unsupported(_) => "unsupported_media_type",
+                ImageError::Empty | ImageError::Corrupt(_) => "invalid_image",
+            },
+            Error::BadRequest(_) => "bad_request",
+            Error::UnsupportedMediaType(_) => "unsupported_media_type",
+            Error::PayloadTooLarge { .. } => "payload_too_large",
+            Error::TooManyImages { .. } => "too_many_images",
+            Error::QueueFull { .. } => "queue_full",
+            Error::Inference(_) => "inference_error",
+            Error::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// Index of the offending image, for errors about one image.
+    pub fn image_index(&self) -> Option<usize> {
+        match self {
+            Error::InvalidImage { index, .. } => Some(*index),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::FAILURE_REASONS;
+
+    #[test]
+    fn every_code_is_a_registered_failure_reason() {
+        let errors = [
+            Error::ModelNotFound("x".into()),
+            Error::ModelNotReady { model: "x".into(), version: 1, reason: "r".into() },
+            Error::InvalidImage { index: 0, source: ImageError::Empty },
+            Error::InvalidImage { index: 0, source: ImageError::Unsupported("gif".into()) },
+            Error::BadRequest("x".into()),
+            Error::UnsupportedMediaType("text/plain".into()),
+            Error::PayloadTooLarge { limit: 1 },
+            Error::TooManyImages { count: 2, limit: 1 },
+            Error::QueueFull { retry_after_secs: 1 },
+            Error::Inference("x".into()),
+            Error::ShuttingDown,
+        ];
+        for e in errors {
+            assert!(FAILURE_REASONS.contains(&e.code()), "{}", e.code());
+            assert!((400..600).contains(&e.status()));
+        }
+    }
+
+    #[test]
+    fn client_errors_are_4xx_and_name_the_image() {
+        let e = Error::InvalidImage { index: 3, source: ImageError::Corrupt("truncated".into()) };
+        assert_eq!(e.status(), 400);
+        assert_eq!(e.image_index(), Some(3));
+        assert!(e.to_string().starts_with("image 3: "));
+        assert_eq!(Error::QueueFull { retry_after_secs: 1 }.status(), 429);
+    }
+}

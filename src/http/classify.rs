@@ -1,0 +1,212 @@
+//! `POST /v1/classify`: face crops in (raw image, multipart, or JSON base64), predictions out.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Query, Request, State};
+use axum::http::header;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::core::classify;
+use crate::error::Error;
+use crate::http::AppState;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ClassifyQuery {
+    /// Model name (default: the server's default model).
+    pub model: Option<String>,
+    /// Model version (default: the newest ready version).
+    pub version: Option<u64>,
+    /// Return only the `top_k` best scores per image (default: every label).
+    pub top_k: Option<usize>,
+}
+
+/// JSON request body: base64-encoded images (a `data:image/...;base64,` prefix is accepted).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyJson {
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClassifyResult {
+    /// The most likely label.
+    pub label: String,
+    /// Its probability.
+    pub confidence: f32,
+    /// Probability by label (the `top_k` best, or all).
+    pub scores: BTreeMap<String, f32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClassifyResponse {
+    pub model: ModelRef,
+    /// One result per image, in input order.
+    pub results: Vec<ClassifyResult>,
+}
+
+/// Classify face crops.
+///
+/// Send one image as the raw body (`Content-Type: image/jpeg`, `image/png`, `image/webp`,
+/// `image/bmp` or `application/octet-stream`), several as `multipart/form-data` parts named
+/// `image`, or JSON `{"images": ["<base64>", ...]}`. Images are decoded (EXIF orientation
+/// honoured), converted and resized as the model's manifest declares.
+#[utoipa::path(
+    post,
+    path = "/v1/classify",
+    tag = "inference",
+    params(ClassifyQuery),
+    request_body(
+        description = "The image(s) to classify",
+        content(
+            (Vec<u8> = "image/*"),
+            (Vec<u8> = "multipart/form-data"),
+            (ClassifyJson = "application/json"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "One prediction per image, in input order", body = ClassifyResponse),
+        (status = 400, description = "Empty, corrupt or truncated image; malformed body", body = crate::http::error::ErrorBody),
+        (status = 404, description = "Unknown model or version", body = crate::http::error::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = crate::http::error::ErrorBody),
+        (status = 415, description = "Unsupported content type or image format", body = crate::http::error::ErrorBody),
+        (status = 422, description = "Image over the pixel limits, or too many images", body = crate::http::error::ErrorBody),
+        (status = 429, description = "Queue full; retry after the Retry-After header's seconds", body = crate::http::error::ErrorBody),
+        (status = 503, description = "Model not ready, or the server is shutting down", body = crate::http::error::ErrorBody),
+    )
+)]
+pub async fn classify_handler(
+    State(state): State<AppState>,
+    Query(query): Query<ClassifyQuery>,
+    request: Request,
+) -> Result<Json<ClassifyResponse>, Error> {
+    let started = Instant::now();
+    let name = query.model.as_deref().unwrap_or(&state.default_model);
+    let model = state.registry.resolve(name, query.version)?;
+    let images = read_images(&state, request).await?;
+    if images.is_empty() {
+        return Err(Error::BadRequest("the request holds no image".into()));
+    }
+    if images.len() > state.limits.max_images {
+        return Err(Error::TooManyImages { count: images.len(), limit: state.limits.max_images });
+    }
+    let pixels = classify::decode_all(&model, images, &state.metrics).await?;
+    let predictions = classify::classify(&model, pixels, query.top_k, &state.metrics).await?;
+    state
+        .metrics
+        .stage_duration
+        .with_label_values(&[model.manifest.name.as_str(), "total"])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(Json(ClassifyResponse {
+        model: ModelRef { name: model.manifest.name.clone(), version: model.manifest.version },
+        results: predictions
+            .into_iter()
+            .map(|p| ClassifyResult { label: p.label, confidence: p.confidence, scores: p.scores.into_iter().collect() })
+            .collect(),
+    }))
+}
+
+/// The encoded images of a request, by content type.
+async fn read_images(state: &AppState, request: Request) -> Result<Vec<Bytes>, Error> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_string();
+    let limit = state.limits.body_limit;
+    if essence.starts_with("image/") || essence == "application/octet-stream" {
+        Ok(vec![read_body(request.into_body(), limit).await?])
+    } else if essence == "multipart/form-data" {
+        read_multipart(state, request).await
+    } else if essence == "application/json" {
+        let body = read_body(request.into_body(), limit).await?;
+        let json: ClassifyJson =
+            serde_json::from_slice(&body).map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))?;
+        if json.images.len() > state.limits.max_images {
+            return Err(Error::TooManyImages { count: json.images.len(), limit: state.limits.max_images });
+        }
+        json.images
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                let payload = match text.split_once(";base64,") {
+                    Some((prefix, data)) if prefix.starts_with("data:") => data,
+                    _ => text.as_str(),
+                };
+                base64::engine::general_purpose::STANDARD
+                    .decode(payload.trim())
+                    .map(Bytes::from)
+                    .map_err(|e| Error::BadRequest(format!("image {index}: invalid base64: {e}")))
+            })
+            .collect()
+    } else if essence.is_empty() {
+        Err(Error::UnsupportedMediaType("(none)".into()))
+    } else {
+        Err(Error::UnsupportedMediaType(essence))
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| body_error(&e, limit))
+}
+
+fn body_error(error: &(dyn std::error::Error + 'static), limit: usize) -> Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return Error::PayloadTooLarge { limit };
+        }
+        source = e.source();
+    }
+    Error::BadRequest(format!("cannot read the request body: {error}"))
+}
+
+async fn read_multipart(state: &AppState, request: Request) -> Result<Vec<Bytes>, Error> {
+    let limit = state.limits.body_limit;
+    let mut multipart = Multipart::from_request(request, state)
+        .await
+        .map_err(|e| Error::BadRequest(format!("invalid multipart body: {}", e.body_text())))?;
+    let mut images = Vec::new();
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(Error::PayloadTooLarge { limit });
+            }
+            Err(e) => return Err(Error::BadRequest(format!("invalid multipart body: {}", e.body_text()))),
+        };
+        let name = field.name().unwrap_or("").to_string();
+        if name != "image" {
+            return Err(Error::BadRequest(format!(
+                "unexpected multipart field {name:?}: send each image as a part named \"image\""
+            )));
+        }
+        if images.len() == state.limits.max_images {
+            return Err(Error::TooManyImages { count: images.len() + 1, limit: state.limits.max_images });
+        }
+        let bytes = field.bytes().await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                Error::PayloadTooLarge { limit }
+            } else {
+                Error::BadRequest(format!("invalid multipart body: {}", e.body_text()))
+            }
+        })?;
+        images.push(bytes);
+    }
+    Ok(images)
+}

@@ -1,0 +1,52 @@
+//! `Error` → HTTP response: the status from `Error::status`, a JSON body, `Retry-After` on 429.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::Error;
+
+/// Every error answer: `{"error": {"code", "message"}}` (and `index` for one bad image).
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_image`, `queue_full`, `model_not_found`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+    /// Index of the offending image in the request, when one image is at fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message: self.to_string(),
+                index: self.image_index(),
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Error::QueueFull { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        // Lets the metrics layer count failures by reason without parsing bodies.
+        response.extensions_mut().insert(FailureReason(self.code()));
+        response
+    }
+}
+
+/// The failure code of an error response, for the metrics middleware.
+#[derive(Debug, Clone, Copy)]
+pub struct FailureReason(pub &'static str);

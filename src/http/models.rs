@@ -1,0 +1,63 @@
+//! `GET /v1/models`: every model version with its manifest and state.
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::core::registry::VersionState;
+use crate::http::AppState;
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelsResponse {
+    /// The model used when a request names none.
+    pub default_model: String,
+    pub models: Vec<ModelVersionInfo>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelVersionInfo {
+    pub name: String,
+    pub version: u64,
+    /// `ready` (loaded, checked, warmed up) or `failed`.
+    pub state: String,
+    /// Why the version failed to load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Largest batch the server forms for this version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_size: Option<usize>,
+    /// The version's manifest (see docs/manifest.md), when it could be read.
+    #[schema(value_type = Object)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<serde_json::Value>,
+}
+
+/// List models.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "models",
+    responses((status = 200, description = "Every model version in the repository", body = ModelsResponse))
+)]
+pub async fn list_models(State(state): State<AppState>) -> Json<ModelsResponse> {
+    let models = state
+        .registry
+        .models()
+        .map(|(name, version, s)| {
+            let (state, error, max_batch_size, manifest) = match s {
+                VersionState::Ready(m) => ("ready", None, Some(m.max_batch_size), Some(&m.manifest)),
+                VersionState::Failed { manifest, error } => ("failed", Some(error.clone()), None, manifest.as_ref()),
+            };
+            ModelVersionInfo {
+                name: name.to_string(),
+                version,
+                state: state.to_string(),
+                error,
+                max_batch_size,
+                manifest: manifest.and_then(|m| serde_json::to_value(m).ok()),
+            }
+        })
+        .collect();
+    Json(ModelsResponse { default_model: state.default_model.to_string(), models })
+}

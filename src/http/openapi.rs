@@ -1,0 +1,55 @@
+//! The OpenAPI description, generated from the annotations beside each handler.
+
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "fer-server",
+        description = "Facial-expression recognition inference server: face crops in, expression labels out.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    paths(
+        crate::http::classify::classify_handler,
+        crate::http::models::list_models,
+        crate::http::health::healthz,
+        crate::http::health::readyz,
+        crate::http::health::metrics,
+    ),
+    components(schemas(
+        crate::http::classify::ClassifyJson,
+        crate::http::classify::ClassifyResponse,
+        crate::http::classify::ClassifyResult,
+        crate::http::classify::ModelRef,
+        crate::http::models::ModelsResponse,
+        crate::http::models::ModelVersionInfo,
+        crate::http::error::ErrorBody,
+        crate::http::error::ErrorDetail,
+    )),
+    tags(
+        (name = "inference", description = "Classify faces"),
+        (name = "models", description = "The model repository"),
+        (name = "health", description = "Liveness, readiness, metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The committed spec, pretty-printed with a trailing newline.
+pub fn spec_json() -> String {
+    let mut text = ApiDoc::openapi().to_pretty_json().unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn committed_spec_matches_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == super::spec_json(),
+            "openapi/openapi.json is stale: run `cargo run -- openapi --out openapi/openapi.json`"
+        );
+    }
+}

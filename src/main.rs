@@ -1,0 +1,38 @@
+use clap::Parser;
+use fer_server::config::{Cli, Command, LogFormat};
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging(args.log_format);
+            let server = fer_server::server::Server::build(&args)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(args.listen).await?;
+                server.run(listener).await
+            })
+        }
+        Command::Classify(args) => {
+            init_logging(LogFormat::Text);
+            fer_server::cli::classify::run(&args)
+        }
+        Command::Openapi { out } => {
+            let spec = fer_server::http::openapi::spec_json();
+            match out {
+                Some(path) => std::fs::write(path, spec)?,
+                None => print!("{spec}"),
+            }
+            Ok(())
+        }
+    }
+}

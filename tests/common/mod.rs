@@ -1,0 +1,178 @@
+//! Helpers for end-to-end tests: start the real `fer-server` binary on an ephemeral port, and read
+//! real face images from the shared FER+ archive in place.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn shared_data() -> PathBuf {
+    repo().join("../shared/data")
+}
+
+/// The shipped model every end-to-end test serves.
+pub const MODEL: &str = "ferplus";
+
+/// A running server; killed on drop.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `fer-server serve` on 127.0.0.1:0 with extra flags and waits until /readyz says 200.
+    pub fn start(extra: &[&str]) -> Server {
+        Self::start_in(&repo().join("models"), extra)
+    }
+
+    pub fn start_in(models: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fer-server"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--default-model", MODEL])
+            .arg("--models-dir")
+            .arg(models)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start fer-server");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["fields"]["message"] == "listening"
+                {
+                    let _ = tx.send(v["fields"]["address"].as_str().unwrap_or_default().to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let address = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start:\n{}", log.lock().unwrap().join("\n"));
+            }
+        };
+        let server = Server { child, base: format!("http://{address}"), log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::blocking_get(&format!("{}/readyz", server.base))
+                && r == 200
+            {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server never became ready");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let status = self.child.wait().expect("wait");
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal blocking GET for readiness polling (status code only).
+mod reqwest {
+    pub fn blocking_get(url: &str) -> Result<u16, std::io::Error> {
+        use std::io::{Read, Write};
+        let rest = url.trim_start_matches("http://");
+        let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+        let mut s = std::net::TcpStream::connect(host)?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        buf.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other("no status"))
+    }
+}
+
+/// A FER+ validation face with the label most annotators gave it.
+#[derive(Debug, Clone)]
+pub struct Face {
+    pub file: String,
+    pub png: Vec<u8>,
+    pub label: String,
+    /// Share of the 10 annotators who chose `label`.
+    pub agreement: f32,
+}
+
+const FERPLUS_LABELS: [&str; 8] = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"];
+
+/// FER+ validation faces on which at least `min_votes` of 10 annotators agree, read in place
+/// from `../shared/data/ferplus.tar.gz`, in file order.
+pub fn ferplus_faces(min_votes: u32, limit: usize) -> Vec<Face> {
+    let path = shared_data().join("ferplus.tar.gz");
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut labels = std::collections::HashMap::new();
+    let mut images = std::collections::BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("ferplus/valid/") {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        if name.ends_with("label.csv") {
+            for line in String::from_utf8_lossy(&bytes).lines() {
+                let Some((file, rest)) = line.split_once(',') else { continue };
+                let votes: Vec<u32> = rest
+                    .rsplit_once(')')
+                    .map(|(_, r)| r)
+                    .unwrap_or("")
+                    .split(',')
+                    .filter_map(|v| v.trim().trim_matches('"').parse().ok())
+                    .collect();
+                if votes.len() != 10 {
+                    continue;
+                }
+                let (best, count) = votes.iter().enumerate().max_by_key(|(_, v)| **v).map(|(i, v)| (i, *v)).unwrap();
+                if best < 8 && count >= min_votes {
+                    labels.insert(file.to_string(), (FERPLUS_LABELS[best].to_string(), count as f32 / 10.0));
+                }
+            }
+        } else if name.ends_with(".png") {
+            images.insert(name.rsplit('/').next().unwrap().to_string(), bytes);
+        }
+    }
+    images
+        .into_iter()
+        .filter_map(|(file, png)| {
+            let (label, agreement) = labels.get(&file)?.clone();
+            Some(Face { file, png, label, agreement })
+        })
+        .take(limit)
+        .collect()
+}

@@ -1,0 +1,155 @@
+//! A training run's configuration: one TOML file per mode under `training/configs/`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::augment::AugmentConfig;
+use crate::data::Source;
+use crate::model::ModelConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Labelled dataset.
+    pub data: Source,
+    /// Folder holding the archives (`../shared/data` from the repository root).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Keep this fraction of each class of the labelled train split (the rest is dropped, or
+    /// becomes unlabelled data in semi-supervised modes).
+    #[serde(default = "one")]
+    pub labelled_fraction: f64,
+    /// Use at most this many training images (smoke tests).
+    #[serde(default)]
+    pub limit_train: Option<usize>,
+    /// Use at most this many validation images (smoke tests).
+    #[serde(default)]
+    pub limit_val: Option<usize>,
+    pub seed: u64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Stop after this many optimiser steps in all (smoke tests); `None` runs every epoch.
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    pub optimizer: OptimizerConfig,
+    #[serde(default)]
+    pub loss: LossConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub augment: AugmentConfig,
+    /// Draw batches with equal probability per class instead of shuffling.
+    #[serde(default)]
+    pub class_balanced: bool,
+    /// Training mode; `supervised` is the only one this build implements.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Save a resumable checkpoint every this many steps (and at each epoch's end).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Supervised,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    pub learning_rate: f64,
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f32,
+    /// Linear warm-up, in epochs, before the cosine decay.
+    #[serde(default)]
+    pub warmup_epochs: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LossConfig {
+    #[serde(default)]
+    pub label_smoothing: Option<f32>,
+    /// Weight each class by inverse frequency.
+    #[serde(default)]
+    pub class_weights: bool,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("../shared/data")
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_weight_decay() -> f32 {
+    5e-4
+}
+fn default_checkpoint_every() -> usize {
+    200
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("{0}: {1}")]
+    Parse(String, toml::de::Error),
+    #[error("{0}: {1}")]
+    Invalid(String, String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io(name.clone(), e))?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse(name.clone(), e))?;
+        config.validate().map_err(|m| ConfigError::Invalid(name, m))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.labelled_fraction > 0.0 && self.labelled_fraction <= 1.0) {
+            return Err("labelled_fraction must be in (0, 1]".into());
+        }
+        if self.epochs == 0 || self.batch_size == 0 {
+            return Err("epochs and batch_size must be positive".into());
+        }
+        if self.optimizer.learning_rate <= 0.0 {
+            return Err("optimizer.learning_rate must be positive".into());
+        }
+        if self.model.widths.is_empty() {
+            return Err("model.widths must list at least one stage".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 1);
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_modes() {
+        let base = "data = \"fer2013\"\nseed = 1\nepochs = 1\nbatch_size = 8\n[optimizer]\nlearning_rate = 0.001\n";
+        assert!(toml::from_str::<Config>(base).is_ok());
+        assert!(toml::from_str::<Config>(&format!("mode = \"magic\"\n{base}")).is_err());
+        assert!(toml::from_str::<Config>(&format!("epoch = 3\n{base}")).is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! `fer-train export`: ONNX graph + manifest + model card into `models/<name>/<version>/`, then a
+//! parity check of ONNX Runtime against the burn model on real validation images.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use burn::module::Module;
+use burn::prelude::*;
+use burn_onnx::export::{AxisSpec, InputSpec, OnnxExporter};
+use fer_contract::{MANIFEST_FILE, MODEL_FILE, Manifest, Preprocessor};
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::config::Config;
+use crate::data::Dataset;
+use crate::model::{FerNet, forward_macs};
+use crate::train::{self, RunDir, RunState, argmax};
+
+/// Largest |Δlogit| between burn and ONNX Runtime that parity accepts.
+pub const PARITY_TOLERANCE: f32 = 1e-4;
+
+pub struct ExportRequest<'a> {
+    pub config: &'a Config,
+    pub run: &'a RunDir,
+    pub models_dir: &'a Path,
+    pub name: &'a str,
+    pub version: u64,
+    /// The command that trained the run, recorded in the manifest and model card.
+    pub command: &'a str,
+    pub ort_dylib: Option<&'a Path>,
+    /// Validation images compared in the parity check (`None`: all).
+    pub parity_images: Option<usize>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Parity {
+    pub images: usize,
+    pub max_abs_diff: f32,
+    pub argmax_agree: usize,
+}
+
+impl Parity {
+    pub fn passed(&self) -> bool {
+        self.max_abs_diff <= PARITY_TOLERANCE && self.argmax_agree == self.images
+    }
+}
+
+/// Exports the run's best checkpoint; returns the version folder and the parity figures.
+pub fn export(req: &ExportRequest) -> anyhow::Result<(PathBuf, Parity)> {
+    let state: RunState = serde_json::from_slice(&std::fs::read(req.run.state()).context("run has no state.json")?)?;
+    let best = state
+        .history
+        .iter()
+        .find(|h| h.epoch == state.best_epoch)
+        .context("run has no evaluated epoch to export")?;
+    let classes = req.config.data.classes();
+    let device = Device::flex();
+    let model = train::load_model(req.config, classes.len(), &req.run.best_model(), &device)?.valid();
+
+    let mut manifest = train::manifest_template(req.config, &classes);
+    manifest.name = req.name.to_string();
+    manifest.version = req.version;
+    let (c, h, w) = (manifest.input.channels.count(), manifest.input.height as usize, manifest.input.width as usize);
+    let onnx = OnnxExporter::new()
+        .export_dynamic(
+            &model,
+            Tensor::<4>::zeros([2, c, h, w], &device),
+            Tensor::<4>::zeros([3, c, h, w], &device),
+            &[InputSpec::new(vec![AxisSpec::dynamic("batch"), AxisSpec::Static, AxisSpec::Static, AxisSpec::Static])],
+            |m: &FerNet, x| m.forward(x),
+        )
+        .map_err(|e| anyhow::anyhow!("ONNX export: {e}"))?;
+
+    let dir = req.models_dir.join(req.name).join(req.version.to_string());
+    std::fs::create_dir_all(&dir)?;
+    let model_path = dir.join(MODEL_FILE);
+    // Publish by rename so that a watching server never sees a half-written graph.
+    let tmp = dir.join(format!(".{MODEL_FILE}.tmp"));
+    std::fs::write(&tmp, onnx.as_bytes())?;
+    std::fs::rename(&tmp, &model_path)?;
+
+    let (_, environment) = fer_contract::onnx::runtime(req.ort_dylib)?;
+    let mut session = Session::builder(environment)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .commit_from_file(&model_path)
+        .map_err(|e| anyhow::anyhow!("loading the exported graph: {e}"))?;
+    // burn-onnx names tensors itself: record the names it chose.
+    manifest.input.name = session.inputs()[0].name().to_string();
+    manifest.output.name = session.outputs()[0].name().to_string();
+    fer_contract::onnx::check_graph(&session, &manifest).map_err(|e| anyhow::anyhow!("{}: {e}", model_path.display()))?;
+
+    let preprocessor = Preprocessor::new(&manifest, fer_contract::DecodeLimits::default());
+    let labelled = train::load_data(req.config, &preprocessor, &manifest)?;
+    let val = match req.parity_images {
+        Some(n) if n < labelled.val.len() => labelled.val.subset(&(0..n).collect::<Vec<_>>()),
+        _ => labelled.val.clone(),
+    };
+    // The exporter moves the module it captured onto its capture device: compare a fresh load.
+    let model = train::load_model(req.config, classes.len(), &req.run.best_model(), &device)?.valid();
+    let parity = check_parity(&model, &mut session, &val, &preprocessor, &device)?;
+    if !parity.passed() {
+        bail!(
+            "parity failed on {} images: max |Δlogit| {} (tolerance {PARITY_TOLERANCE}), argmax agrees on {}",
+            parity.images,
+            parity.max_abs_diff,
+            parity.argmax_agree
+        );
+    }
+
+    let p = &mut manifest.provenance;
+    p.data = vec![req.config.data.describe().to_string()];
+    p.command = req.command.to_string();
+    p.trainer = format!("fer-train {}", env!("CARGO_PKG_VERSION"));
+    p.seed = Some(req.config.seed);
+    p.metrics.insert("val_accuracy".into(), best.val.accuracy);
+    p.metrics.insert("val_macro_f1".into(), best.val.macro_f1);
+    for (label, f1) in classes.iter().zip(&best.val.per_class_f1) {
+        p.metrics.insert(format!("val_f1_{label}"), *f1);
+    }
+    p.metrics.insert("val_images".into(), labelled.val.len() as f64);
+    p.metrics.insert("train_images".into(), labelled.train.len() as f64);
+    p.metrics.insert("epochs".into(), state.epoch as f64);
+    p.metrics.insert("best_epoch".into(), state.best_epoch as f64);
+    p.metrics.insert("train_wall_seconds".into(), state.wall_seconds.round());
+    p.notes = format!(
+        "ONNX parity on {} validation images: max |Δlogit| {:.2e}, argmax agreement {}/{}",
+        parity.images, parity.max_abs_diff, parity.argmax_agree, parity.images
+    );
+    manifest.validate().map_err(|e| anyhow::anyhow!("exported manifest: {e}"))?;
+    manifest.save(&dir.join(MANIFEST_FILE))?;
+    std::fs::write(dir.join("MODEL_CARD.md"), model_card(req, &manifest, &model, &state, &parity))?;
+    Ok((dir, parity))
+}
+
+/// Compares burn's and ONNX Runtime's logits on the same preprocessed images.
+pub fn check_parity(model: &FerNet, session: &mut Session, data: &Dataset, preprocessor: &Preprocessor, device: &Device) -> anyhow::Result<Parity> {
+    let burn_logits = train::predict(model, data, preprocessor, device, 128)?;
+    let len = preprocessor.input_len();
+    let classes = burn_logits.len() / data.len().max(1);
+    let shape = [1usize, data.channels.count(), data.height as usize, data.width as usize];
+    let (mut max_abs_diff, mut argmax_agree) = (0.0f32, 0);
+    let mut row = vec![0.0f32; len];
+    for i in 0..data.len() {
+        preprocessor.normalise_into(&data.pixels(i), &mut row);
+        let input = TensorRef::from_array_view((shape, row.as_slice())).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let outputs = session.run(ort::inputs![input]).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (_, ort_logits) = outputs[0].try_extract_tensor::<f32>().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mine = &burn_logits[i * classes..(i + 1) * classes];
+        for (a, b) in mine.iter().zip(ort_logits) {
+            max_abs_diff = max_abs_diff.max((a - b).abs());
+        }
+        if argmax(mine) == argmax(ort_logits) {
+            argmax_agree += 1;
+        }
+    }
+    Ok(Parity { images: data.len(), max_abs_diff, argmax_agree })
+}
+
+fn model_card(req: &ExportRequest, manifest: &Manifest, model: &FerNet, state: &RunState, parity: &Parity) -> String {
+    let best = state.history.iter().find(|h| h.epoch == state.best_epoch);
+    let macs = forward_macs(&req.config.model, manifest.input.channels.count(), manifest.input.width as usize, manifest.labels.len());
+    let mut per_class = String::new();
+    if let Some(best) = best {
+        for (label, f1) in manifest.labels.iter().zip(&best.val.per_class_f1) {
+            per_class.push_str(&format!("| {label} | {f1:.4} |\n"));
+        }
+    }
+    format!(
+        "# {name} v{version}\n\n\
+         Facial-expression classifier for 48×48 grayscale face crops, trained by `fer-train` (burn, flex CPU backend).\n\n\
+         ## Data\n{data}. Read in place from `../shared/data/{archive}`; the images are research data and are not redistributed here.\n\n\
+         ## Method\n{mode} training of a {params}-parameter VGG-style CNN (widths {widths:?}, {depth} conv per stage, \
+         {mmacs:.1} M multiply-accumulates per image), AdamW, cosine schedule, weak augmentation (flip, small affine).\n\n\
+         ## Reproduce\n```\n{command}\n```\nSeed {seed}. {epochs} epochs ({steps} steps), best epoch {best_epoch}, \
+         {hours:.2} h of training wall time on the CPU it ran on.\n\n\
+         ## Validation metrics (best epoch)\n- accuracy: {acc:.4}\n- macro-F1: {f1:.4}\n\n| class | F1 |\n|---|---|\n{per_class}\n\
+         ## Export check\nONNX Runtime vs burn on {images} validation images: max |Δlogit| {diff:.2e} (tolerance {tol:.0e}), argmax agreement {agree}/{images}.\n\n\
+         ## Intended use\nClassifying the expression of a single, roughly frontal, cropped face (as `POST /v1/classify` expects). \
+         Research and demonstration use.\n\n\
+         ## Limits\nTrained on FER2013-style faces (low resolution, mostly frontal, internet photos); accuracy drops on profile views, \
+         occlusions and demographics under-represented in that data. An expression label is not an emotion: it describes a face, not what a person feels. \
+         Do not use it to make decisions about people.\n",
+        name = manifest.name,
+        version = manifest.version,
+        data = req.config.data.describe(),
+        archive = req.config.data.archive_name(),
+        mode = format!("{:?}", req.config.mode),
+        params = model.num_params(),
+        widths = req.config.model.widths,
+        depth = req.config.model.convs_per_stage,
+        mmacs = macs as f64 / 1e6,
+        command = req.command,
+        seed = req.config.seed,
+        epochs = state.epoch,
+        steps = state.step,
+        best_epoch = state.best_epoch,
+        hours = state.wall_seconds / 3600.0,
+        acc = best.map(|b| b.val.accuracy).unwrap_or(0.0),
+        f1 = best.map(|b| b.val.macro_f1).unwrap_or(0.0),
+        images = parity.images,
+        diff = parity.max_abs_diff,
+        tol = PARITY_TOLERANCE,
+        agree = parity.argmax_agree,
+    )
+}

@@ -1,0 +1,10 @@
+//! fer-train: semi-supervised facial-expression training on burn, exporting ONNX for fer-server.
+
+pub mod augment;
+pub mod config;
+pub mod data;
+pub mod export;
+pub mod metrics;
+pub mod model;
+pub mod report;
+pub mod train;

@@ -1,0 +1,148 @@
+//! `fer-train`: train facial-expression models and export them for fer-server.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use clap::{Parser, Subcommand};
+
+use fer_train::config::Config;
+use fer_train::export::{ExportRequest, export};
+use fer_train::model::{FerNet, forward_macs};
+use fer_train::train::{RunDir, train};
+
+#[derive(Parser)]
+#[command(name = "fer-train", version, about = "Train facial-expression models and export them for fer-server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train (or resume) a run from a TOML config.
+    Train {
+        /// Config file (see training/configs/).
+        #[arg(long, env = "FER_TRAIN_CONFIG")]
+        config: PathBuf,
+        /// Run directory for checkpoints, plots and the summary.
+        #[arg(long, env = "FER_TRAIN_RUN")]
+        run: PathBuf,
+        /// Start over even when the run directory holds a checkpoint.
+        #[arg(long, env = "FER_TRAIN_FRESH")]
+        fresh: bool,
+    },
+    /// Export a run's best checkpoint to models/<name>/<version>/ and check ONNX parity.
+    Export {
+        #[arg(long, env = "FER_TRAIN_RUN")]
+        run: PathBuf,
+        #[arg(long, env = "FER_TRAIN_NAME")]
+        name: String,
+        #[arg(long, env = "FER_TRAIN_VERSION", default_value_t = 1)]
+        version: u64,
+        #[arg(long, env = "FER_TRAIN_MODELS_DIR", default_value = "models")]
+        models_dir: PathBuf,
+        /// The command that trained the run (recorded in the manifest and model card).
+        #[arg(long, env = "FER_TRAIN_COMMAND")]
+        command: String,
+        /// Validation images in the parity check (default: all).
+        #[arg(long, env = "FER_TRAIN_PARITY_IMAGES")]
+        parity_images: Option<usize>,
+        /// libonnxruntime.so to use (default: the repository's .ort/lib/).
+        #[arg(long, env = "ORT_DYLIB_PATH")]
+        ort_dylib: Option<PathBuf>,
+    },
+    /// Time training steps of a config's network (steps per second on this machine).
+    BenchStep {
+        #[arg(long, env = "FER_TRAIN_CONFIG")]
+        config: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Train { config, run, fresh } => {
+            let cfg = Config::load(&config)?;
+            let started = Instant::now();
+            let state = train(&cfg, &RunDir(run.clone()), !fresh)?;
+            println!(
+                "done: {} epochs, best val macro-F1 {:.4} (epoch {}), this session {:.0} s; run in {}",
+                state.epoch,
+                state.best_macro_f1,
+                state.best_epoch,
+                started.elapsed().as_secs_f64(),
+                run.display()
+            );
+        }
+        Command::Export { run, name, version, models_dir, command, parity_images, ort_dylib } => {
+            let run = RunDir(run);
+            let cfg = Config::load(&run.config()).context("the run's config.toml")?;
+            let (dir, parity) = export(&ExportRequest {
+                config: &cfg,
+                run: &run,
+                models_dir: &models_dir,
+                name: &name,
+                version,
+                command: &command,
+                ort_dylib: ort_dylib.as_deref(),
+                parity_images,
+            })?;
+            println!(
+                "exported {}: parity on {} images, max |Δlogit| {:.2e}, argmax agreement {}/{}",
+                dir.display(),
+                parity.images,
+                parity.max_abs_diff,
+                parity.argmax_agree,
+                parity.images
+            );
+        }
+        Command::BenchStep { config, steps } => bench_step(&Config::load(&config)?, steps)?,
+    }
+    Ok(())
+}
+
+fn bench_step(cfg: &Config, steps: usize) -> anyhow::Result<()> {
+    let device = Device::flex().autodiff();
+    device.seed(cfg.seed);
+    let classes = cfg.data.classes().len();
+    let mut model = FerNet::new(&cfg.model, 1, classes, &device);
+    let mut optim = AdamWConfig::new().init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let b = cfg.batch_size;
+    let data: Vec<f32> = (0..b * 48 * 48).map(|i| ((i * 31 % 255) as f32 / 127.5) - 1.0).collect();
+    let targets: Vec<i64> = (0..b).map(|i| (i % classes) as i64).collect();
+    let mut times = Vec::new();
+    for step in 0..steps + 2 {
+        let t = Instant::now();
+        let x = Tensor::<4>::from_data(TensorData::new(data.clone(), [b, 1, 48, 48]), &device);
+        let y = Tensor::<1, Int>::from_data(TensorData::new(targets.clone(), [b]), &device);
+        let loss = loss_fn.forward(model.forward(x), y);
+        let _ = loss.clone().into_scalar::<f32>();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-3, model, grads);
+        if step >= 2 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    println!(
+        "params {}  MACs/image {:.1} M  batch {b}: {:.3} s/step, {:.2} steps/s, {:.0} images/s",
+        model.num_params(),
+        forward_macs(&cfg.model, 1, 48, classes) as f64 / 1e6,
+        mean,
+        1.0 / mean,
+        b as f64 / mean
+    );
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! CI's end-to-end smoke training: a few hundred real FER+ faces, a few steps of every mode this
+//! build implements, then the export with its ONNX Runtime parity check.
+
+use std::path::PathBuf;
+
+use fer_contract::{MANIFEST_FILE, Manifest};
+use fer_train::augment::AugmentConfig;
+use fer_train::config::{Config, LossConfig, Mode, OptimizerConfig};
+use fer_train::data::Source;
+use fer_train::export::{ExportRequest, export};
+use fer_train::model::ModelConfig;
+use fer_train::train::{RunDir, train};
+
+fn smoke_config(mode: Mode) -> Config {
+    Config {
+        data: Source::Ferplus,
+        data_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
+        labelled_fraction: 1.0,
+        limit_train: Some(384),
+        limit_val: Some(128),
+        seed: 7,
+        epochs: 3,
+        batch_size: 32,
+        max_steps: None,
+        optimizer: OptimizerConfig { learning_rate: 0.003, weight_decay: 0.0, warmup_epochs: 0.0 },
+        loss: LossConfig::default(),
+        model: ModelConfig { widths: vec![8, 16, 16, 32], convs_per_stage: 1, dropout: 0.0 },
+        augment: AugmentConfig::default(),
+        class_balanced: false,
+        mode,
+        checkpoint_every: 5,
+    }
+}
+
+#[test]
+fn every_mode_trains_with_falling_loss_and_exports_with_parity() {
+    for mode in [Mode::Supervised] {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir(dir.path().join("run"));
+        let config = smoke_config(mode);
+        let state = train(&config, &run, true).unwrap();
+        assert_eq!(state.history.len(), 3);
+        let first = state.history[0].train_loss;
+        let last = state.history[2].train_loss;
+        assert!(last < first, "{mode:?}: loss {first} → {last} did not fall");
+        assert!(state.finished);
+        for file in ["best.bpk", "last.bpk", "state.json", "summary.json", "curves.svg", "confusion.svg"] {
+            assert!(run.0.join(file).is_file(), "{file} missing");
+        }
+
+        // Resuming a finished run does nothing and keeps its history.
+        let again = train(&config, &run, true).unwrap();
+        assert_eq!(again.history.len(), 3);
+
+        let models = dir.path().join("models");
+        let (version_dir, parity) = export(&ExportRequest {
+            config: &config,
+            run: &run,
+            models_dir: &models,
+            name: "smoke",
+            version: 2,
+            command: "cargo test -p fer-train --test smoke",
+            ort_dylib: None,
+            parity_images: None,
+        })
+        .unwrap();
+        assert_eq!(parity.images, 128);
+        assert!(parity.passed(), "{parity:?}");
+        let manifest = Manifest::load(&version_dir.join(MANIFEST_FILE)).unwrap();
+        assert_eq!((manifest.name.as_str(), manifest.version), ("smoke", 2));
+        assert_eq!(manifest.labels.len(), 8);
+        assert!(manifest.provenance.metrics.contains_key("val_macro_f1"));
+        assert!(version_dir.join("model.onnx").is_file());
+        let card = std::fs::read_to_string(version_dir.join("MODEL_CARD.md")).unwrap();
+        assert!(card.contains("cargo test -p fer-train --test smoke"));
+    }
+}
