@@ -29,13 +29,30 @@ fn metrics() -> BatchMetrics {
 fn bench(c: &mut Criterion) {
     let (_, env) = fer_contract::onnx::runtime(None).expect("ONNX Runtime (make setup)");
     let manifest = Manifest::load(&model_dir().join("manifest.json")).expect("manifest");
-    let threads = SessionOptions { intra_op_threads: num_cpus::get_physical().max(1) };
-    let load = || OnnxSession::load(env, &model_dir().join("model.onnx"), &manifest, threads).expect("session").0;
+    let threads = SessionOptions {
+        intra_op_threads: num_cpus::get_physical().max(1),
+    };
+    let load = || {
+        OnnxSession::load(env, &model_dir().join("model.onnx"), &manifest, threads)
+            .expect("session")
+            .0
+    };
     let preprocessor = Preprocessor::new(&manifest, DecodeLimits::default());
     let pixels: Vec<Pixels> = (0..32u32)
-        .map(|i| Pixels::new(48, 48, Channels::Gray, (0..48 * 48).map(|p| ((p * 7 + i * 13) % 256) as u8).collect()))
+        .map(|i| {
+            Pixels::new(
+                48,
+                48,
+                Channels::Gray,
+                (0..48 * 48)
+                    .map(|p| ((p * 7 + i * 13) % 256) as u8)
+                    .collect(),
+            )
+        })
         .collect();
-    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     let mut group = c.benchmark_group("inference");
     group.measurement_time(Duration::from_secs(4));
     for batch in [1usize, 8, 32] {
@@ -45,7 +62,10 @@ fn bench(c: &mut Criterion) {
         let mut output = Vec::new();
         group.bench_with_input(BenchmarkId::new("raw_ort", batch), &batch, |b, &batch| {
             b.iter(|| {
-                for (p, row) in pixels[..batch].iter().zip(input.chunks_mut(preprocessor.input_len())) {
+                for (p, row) in pixels[..batch]
+                    .iter()
+                    .zip(input.chunks_mut(preprocessor.input_len()))
+                {
                     preprocessor.normalise_into(p, row);
                 }
                 raw.run(&input, batch, &mut output).expect("run");
@@ -57,19 +77,32 @@ fn bench(c: &mut Criterion) {
             queue_capacity: 1024,
             fixed_batch: None,
         };
-        let batcher = Batcher::start("bench", vec![load()], preprocessor.clone(), manifest.labels.len(), policy, metrics())
-            .expect("batcher");
-        group.bench_with_input(BenchmarkId::new("server_batcher", batch), &batch, |b, &batch| {
-            b.iter(|| {
-                runtime.block_on(async {
-                    let receivers: Vec<_> =
-                        pixels[..batch].iter().map(|p| batcher.submit(p.clone()).expect("queue")).collect();
-                    for r in receivers {
-                        r.await.expect("answer").expect("scores");
-                    }
+        let batcher = Batcher::start(
+            "bench",
+            vec![load()],
+            preprocessor.clone(),
+            manifest.labels.len(),
+            policy,
+            metrics(),
+        )
+        .expect("batcher");
+        group.bench_with_input(
+            BenchmarkId::new("server_batcher", batch),
+            &batch,
+            |b, &batch| {
+                b.iter(|| {
+                    runtime.block_on(async {
+                        let receivers: Vec<_> = pixels[..batch]
+                            .iter()
+                            .map(|p| batcher.submit(p.clone()).expect("queue"))
+                            .collect();
+                        for r in receivers {
+                            r.await.expect("answer").expect("scores");
+                        }
+                    })
                 })
-            })
-        });
+            },
+        );
     }
     group.finish();
 }

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "fer-server", version, about = "Facial-expression recognition inference server")]
+#[command(
+    name = "fer-server",
+    version,
+    about = "Facial-expression recognition inference server"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -151,7 +155,9 @@ mod tests {
     #[test]
     fn defaults_listen_on_loopback_8080() {
         let cli = Cli::try_parse_from(["fer-server", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command else { panic!() };
+        let Command::Serve(args) = cli.command else {
+            panic!()
+        };
         assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(args.max_queue_delay_ms, 0);
     }

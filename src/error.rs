@@ -18,7 +18,9 @@ pub enum Error {
     InvalidImage { index: usize, source: ImageError },
     #[error("{0}")]
     BadRequest(String),
-    #[error("unsupported content type {0:?}: send image/* bytes, multipart/form-data with `image` parts, or application/json {{\"images\": [base64, ...]}}")]
+    #[error(
+        "unsupported content type {0:?}: send image/* bytes, multipart/form-data with `image` parts, or application/json {{\"images\": [base64, ...]}}"
+    )]
     UnsupportedMediaType(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
@@ -90,14 +92,26 @@ mod tests {
     fn every_code_is_a_registered_failure_reason() {
         let errors = [
             Error::ModelNotFound("x".into()),
-            Error::ModelNotReady { model: "x".into(), version: 1, reason: "r".into() },
-            Error::InvalidImage { index: 0, source: ImageError::Empty },
-            Error::InvalidImage { index: 0, source: ImageError::Unsupported("gif".into()) },
+            Error::ModelNotReady {
+                model: "x".into(),
+                version: 1,
+                reason: "r".into(),
+            },
+            Error::InvalidImage {
+                index: 0,
+                source: ImageError::Empty,
+            },
+            Error::InvalidImage {
+                index: 0,
+                source: ImageError::Unsupported("gif".into()),
+            },
             Error::BadRequest("x".into()),
             Error::UnsupportedMediaType("text/plain".into()),
             Error::PayloadTooLarge { limit: 1 },
             Error::TooManyImages { count: 2, limit: 1 },
-            Error::QueueFull { retry_after_secs: 1 },
+            Error::QueueFull {
+                retry_after_secs: 1,
+            },
             Error::Inference("x".into()),
             Error::ShuttingDown,
         ];
@@ -109,10 +123,19 @@ mod tests {
 
     #[test]
     fn client_errors_are_4xx_and_name_the_image() {
-        let e = Error::InvalidImage { index: 3, source: ImageError::Corrupt("truncated".into()) };
+        let e = Error::InvalidImage {
+            index: 3,
+            source: ImageError::Corrupt("truncated".into()),
+        };
         assert_eq!(e.status(), 400);
         assert_eq!(e.image_index(), Some(3));
         assert!(e.to_string().starts_with("image 3: "));
-        assert_eq!(Error::QueueFull { retry_after_secs: 1 }.status(), 429);
+        assert_eq!(
+            Error::QueueFull {
+                retry_after_secs: 1
+            }
+            .status(),
+            429
+        );
     }
 }

@@ -2,8 +2,11 @@ use clap::Parser;
 use fer_server::config::{Cli, Command, LogFormat};
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,ort=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -16,7 +19,9 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             init_logging(args.log_format);
             let server = fer_server::server::Server::build(&args)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(args.listen).await?;
                 server.run(listener).await

@@ -11,8 +11,8 @@ use prometheus::{
 
 /// Seconds; fine steps below 10 ms where a 48×48 classification lives.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 /// Images per executed batch.
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
@@ -59,7 +59,10 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let http_requests = IntCounterVec::new(
-            Opts::new("fer_http_requests_total", "HTTP requests by route, method and status"),
+            Opts::new(
+                "fer_http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
             &["route", "method", "status"],
         )
         .expect("valid metric");
@@ -88,22 +91,34 @@ impl Metrics {
         )
         .expect("valid metric");
         let queue_depth = IntGaugeVec::new(
-            Opts::new("fer_queue_depth", "Images waiting in a model's batching queue"),
+            Opts::new(
+                "fer_queue_depth",
+                "Images waiting in a model's batching queue",
+            ),
             &["model"],
         )
         .expect("valid metric");
         let failures = IntCounterVec::new(
-            Opts::new("fer_failures_total", "Failed requests (or dropped images) by reason"),
+            Opts::new(
+                "fer_failures_total",
+                "Failed requests (or dropped images) by reason",
+            ),
             &["reason"],
         )
         .expect("valid metric");
         let predictions = IntCounterVec::new(
-            Opts::new("fer_predictions_total", "Predicted labels by model and label"),
+            Opts::new(
+                "fer_predictions_total",
+                "Predicted labels by model and label",
+            ),
             &["model", "label"],
         )
         .expect("valid metric");
         let model_ready = IntGaugeVec::new(
-            Opts::new("fer_model_ready", "1 when a model version is loaded and warmed up, 0 when it failed"),
+            Opts::new(
+                "fer_model_ready",
+                "1 when a model version is loaded and warmed up, 0 when it failed",
+            ),
             &["model", "version"],
         )
         .expect("valid metric");
@@ -117,7 +132,9 @@ impl Metrics {
             Box::new(predictions.clone()),
             Box::new(model_ready.clone()),
         ] {
-            registry.register(collector).expect("metric names are unique");
+            registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         for reason in FAILURE_REASONS {
             failures.with_label_values(&[*reason]);
@@ -190,7 +207,10 @@ mod tests {
         ] {
             assert!(text.contains(family), "{family} missing");
         }
-        assert!(text.contains(r#"fer_predictions_total{label="sad",model="fer2013"} 0"#), "{text}");
+        assert!(
+            text.contains(r#"fer_predictions_total{label="sad",model="fer2013"} 0"#),
+            "{text}"
+        );
         assert!(text.contains(r#"fer_failures_total{reason="queue_full"} 0"#));
         assert!(text.contains(r#"le="0.0001""#));
     }

@@ -41,13 +41,21 @@ impl Server {
         let registry = ModelRegistry::load(&options, environment, &metrics)?;
         registry
             .resolve(&args.model.default_model, None)
-            .with_context(|| format!("the default model {:?} cannot be served", args.model.default_model))?;
+            .with_context(|| {
+                format!(
+                    "the default model {:?} cannot be served",
+                    args.model.default_model
+                )
+            })?;
         Ok(Self {
             state: AppState {
                 registry: Arc::new(registry),
                 metrics,
                 default_model: Arc::from(args.model.default_model.as_str()),
-                limits: Limits { body_limit: args.body_limit, max_images: args.max_images.max(1) },
+                limits: Limits {
+                    body_limit: args.body_limit,
+                    max_images: args.max_images.max(1),
+                },
                 shutting_down: Arc::new(AtomicBool::new(false)),
             },
         })

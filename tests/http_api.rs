@@ -11,7 +11,12 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-async fn classify_raw(server: &Server, content_type: &str, body: Vec<u8>, query: &str) -> (u16, Value) {
+async fn classify_raw(
+    server: &Server,
+    content_type: &str,
+    body: Vec<u8>,
+    query: &str,
+) -> (u16, Value) {
     let response = client()
         .post(server.url(&format!("/v1/classify{query}")))
         .header("content-type", content_type)
@@ -25,12 +30,18 @@ async fn classify_raw(server: &Server, content_type: &str, body: Vec<u8>, query:
 }
 
 fn multipart(faces: &[&[u8]]) -> reqwest::multipart::Form {
-    faces.iter().enumerate().fold(reqwest::multipart::Form::new(), |form, (i, bytes)| {
-        form.part(
-            "image",
-            reqwest::multipart::Part::bytes(bytes.to_vec()).file_name(format!("{i}.png")).mime_str("image/png").unwrap(),
-        )
-    })
+    faces
+        .iter()
+        .enumerate()
+        .fold(reqwest::multipart::Form::new(), |form, (i, bytes)| {
+            form.part(
+                "image",
+                reqwest::multipart::Part::bytes(bytes.to_vec())
+                    .file_name(format!("{i}.png"))
+                    .mime_str("image/png")
+                    .unwrap(),
+            )
+        })
 }
 
 fn jpeg_of(face: &Face) -> Vec<u8> {
@@ -43,7 +54,12 @@ fn jpeg_of(face: &Face) -> Vec<u8> {
 fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
     assert_eq!(status, want_status, "{body}");
     assert_eq!(body["error"]["code"], want_code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -54,7 +70,12 @@ async fn classifies_real_faces_in_every_request_format() {
     assert!(faces.len() >= 40, "only {} clear faces", faces.len());
 
     let form = multipart(&faces.iter().map(|f| f.png.as_slice()).collect::<Vec<_>>());
-    let response = client().post(server.url("/v1/classify")).multipart(form).send().await.unwrap();
+    let response = client()
+        .post(server.url("/v1/classify"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["model"]["name"], MODEL);
@@ -67,14 +88,21 @@ async fn classifies_real_faces_in_every_request_format() {
         assert_eq!(scores.len(), 8, "every label scored");
         let sum: f64 = scores.values().map(|v| v.as_f64().unwrap()).sum();
         assert!((sum - 1.0).abs() < 1e-3, "probabilities sum to 1: {sum}");
-        let best = scores.iter().max_by(|a, b| a.1.as_f64().partial_cmp(&b.1.as_f64()).unwrap()).unwrap();
+        let best = scores
+            .iter()
+            .max_by(|a, b| a.1.as_f64().partial_cmp(&b.1.as_f64()).unwrap())
+            .unwrap();
         assert_eq!(result["label"], best.0.as_str(), "label is the best score");
         if result["label"] == face.label.as_str() {
             correct += 1;
         }
     }
     let accuracy = correct as f64 / faces.len() as f64;
-    assert!(accuracy >= 0.8, "accuracy on clear faces {accuracy:.2} ({correct}/{})", faces.len());
+    assert!(
+        accuracy >= 0.8,
+        "accuracy on clear faces {accuracy:.2} ({correct}/{})",
+        faces.len()
+    );
 
     // The same faces one at a time, as raw PNG, as JPEG, and as JSON base64, agree with the batch.
     for (face, batch_result) in faces.iter().zip(results).take(5) {
@@ -83,16 +111,29 @@ async fn classifies_real_faces_in_every_request_format() {
         assert_eq!(raw["results"][0]["label"], batch_result["label"]);
         let p_batch = batch_result["confidence"].as_f64().unwrap();
         let p_raw = raw["results"][0]["confidence"].as_f64().unwrap();
-        assert!((p_batch - p_raw).abs() < 1e-5, "batching does not change scores");
+        assert!(
+            (p_batch - p_raw).abs() < 1e-5,
+            "batching does not change scores"
+        );
 
         let (status, jpeg) = classify_raw(&server, "image/jpeg", jpeg_of(face), "?top_k=2").await;
         assert_eq!(status, 200, "{jpeg}");
-        assert_eq!(jpeg["results"][0]["scores"].as_object().unwrap().len(), 2, "top_k");
+        assert_eq!(
+            jpeg["results"][0]["scores"].as_object().unwrap().len(),
+            2,
+            "top_k"
+        );
 
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD.encode(&face.png);
         let json = serde_json::json!({"images": [b64, format!("data:image/png;base64,{b64}")]});
-        let (status, body) = classify_raw(&server, "application/json", json.to_string().into_bytes(), "?model=ferplus&version=1").await;
+        let (status, body) = classify_raw(
+            &server,
+            "application/json",
+            json.to_string().into_bytes(),
+            "?model=ferplus&version=1",
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["results"].as_array().unwrap().len(), 2);
         assert_eq!(body["results"][1]["label"], batch_result["label"]);
@@ -106,12 +147,27 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
 
     let (s, b) = classify_raw(&server, "image/png", Vec::new(), "").await;
     assert_error(s, &b, 400, "invalid_image");
-    assert!(b["error"]["message"].as_str().unwrap().contains("image 0"), "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("image 0"),
+        "{b}"
+    );
 
-    let (s, b) = classify_raw(&server, "image/png", face.png[..face.png.len() / 2].to_vec(), "").await;
+    let (s, b) = classify_raw(
+        &server,
+        "image/png",
+        face.png[..face.png.len() / 2].to_vec(),
+        "",
+    )
+    .await;
     assert_error(s, &b, 400, "invalid_image");
 
-    let (s, b) = classify_raw(&server, "image/gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;".to_vec(), "").await;
+    let (s, b) = classify_raw(
+        &server,
+        "image/gif",
+        b"GIF89a\x01\x00\x01\x00\x00\x00\x00;".to_vec(),
+        "",
+    )
+    .await;
     assert_error(s, &b, 415, "unsupported_media_type");
 
     let (s, b) = classify_raw(&server, "text/plain", b"hello".to_vec(), "").await;
@@ -127,21 +183,43 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
 
     let (s, b) = classify_raw(&server, "application/json", b"{\"images\": [".to_vec(), "").await;
     assert_error(s, &b, 400, "bad_request");
-    let (s, b) = classify_raw(&server, "application/json", br#"{"images": ["not base64!"]}"#.to_vec(), "").await;
+    let (s, b) = classify_raw(
+        &server,
+        "application/json",
+        br#"{"images": ["not base64!"]}"#.to_vec(),
+        "",
+    )
+    .await;
     assert_error(s, &b, 400, "bad_request");
-    let (s, b) = classify_raw(&server, "application/json", br#"{"images": []}"#.to_vec(), "").await;
+    let (s, b) = classify_raw(
+        &server,
+        "application/json",
+        br#"{"images": []}"#.to_vec(),
+        "",
+    )
+    .await;
     assert_error(s, &b, 400, "bad_request");
 
     // The second of three images is corrupt: the error names index 1.
     let corrupt = b"\x89PNG\r\n\x1a\nnot really".to_vec();
     let form = multipart(&[face.png.as_slice(), corrupt.as_slice(), face.png.as_slice()]);
-    let r = client().post(server.url("/v1/classify")).multipart(form).send().await.unwrap();
+    let r = client()
+        .post(server.url("/v1/classify"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     let (s, b) = (r.status().as_u16(), r.json::<Value>().await.unwrap());
     assert_error(s, &b, 400, "invalid_image");
     assert_eq!(b["error"]["index"], 1);
 
     let form = multipart(&[face.png.as_slice(); 5]);
-    let r = client().post(server.url("/v1/classify")).multipart(form).send().await.unwrap();
+    let r = client()
+        .post(server.url("/v1/classify"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     let (s, b) = (r.status().as_u16(), r.json::<Value>().await.unwrap());
     assert_error(s, &b, 422, "too_many_images");
 
@@ -152,10 +230,28 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
     // Still serving, and the failures are counted by reason.
     let (s, _) = classify_raw(&server, "image/png", face.png.clone(), "").await;
     assert_eq!(s, 200);
-    let metrics = client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    for reason in ["invalid_image", "unsupported_media_type", "payload_too_large", "model_not_found", "too_many_images", "image_too_large"] {
+    let metrics = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for reason in [
+        "invalid_image",
+        "unsupported_media_type",
+        "payload_too_large",
+        "model_not_found",
+        "too_many_images",
+        "image_too_large",
+    ] {
         let line = format!("fer_failures_total{{reason=\"{reason}\"}}");
-        let value = metrics.lines().find(|l| l.starts_with(&line)).and_then(|l| l.rsplit(' ').next()).unwrap_or("0");
+        let value = metrics
+            .lines()
+            .find(|l| l.starts_with(&line))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("0");
         assert_ne!(value, "0", "{reason} not counted");
     }
 }
@@ -179,24 +275,62 @@ fn bomb_png() -> Vec<u8> {
 async fn models_health_docs_and_metrics_endpoints() {
     let server = Server::start(&[]);
     let c = client();
-    assert_eq!(c.get(server.url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(c.get(server.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(server.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        c.get(server.url("/readyz")).send().await.unwrap().status(),
+        200
+    );
 
-    let models: Value = c.get(server.url("/v1/models")).send().await.unwrap().json().await.unwrap();
+    let models: Value = c
+        .get(server.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(models["default_model"], MODEL);
-    let ferplus = models["models"].as_array().unwrap().iter().find(|m| m["name"] == MODEL).expect("ferplus listed");
+    let ferplus = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == MODEL)
+        .expect("ferplus listed");
     assert_eq!(ferplus["state"], "ready");
     assert_eq!(ferplus["manifest"]["labels"].as_array().unwrap().len(), 8);
     assert_eq!(ferplus["manifest"]["input"]["channels"], "gray");
 
-    let spec: Value = c.get(server.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let spec: Value = c
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(spec["paths"]["/v1/classify"]["post"].is_object());
     let docs = c.get(server.url("/docs/")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
-    assert!(docs.text().await.unwrap().contains("swagger"), "docs page served");
+    assert!(
+        docs.text().await.unwrap().contains("swagger"),
+        "docs page served"
+    );
 
-    let before = c.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(before.contains("fer_queue_depth{model=\"ferplus\"} 0"), "series exist at zero");
+    let before = c
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        before.contains("fer_queue_depth{model=\"ferplus\"} 0"),
+        "series exist at zero"
+    );
     let predictions = |text: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with("fer_predictions_total{") && l.contains("model=\"ferplus\""))
@@ -208,16 +342,37 @@ async fn models_health_docs_and_metrics_endpoints() {
         let (s, _) = classify_raw(&server, "image/png", face.png.clone(), "").await;
         assert_eq!(s, 200);
     }
-    let after = c.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let after = c
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(predictions(&after) - predictions(&before), 3.0);
-    assert!(after.contains("fer_http_requests_total{method=\"POST\",route=\"/v1/classify\",status=\"200\"} 3"), "{after}");
-    assert!(after.contains("fer_stage_duration_seconds_count{model=\"ferplus\",stage=\"inference\"}"));
+    assert!(
+        after.contains(
+            "fer_http_requests_total{method=\"POST\",route=\"/v1/classify\",status=\"200\"} 3"
+        ),
+        "{after}"
+    );
+    assert!(
+        after.contains("fer_stage_duration_seconds_count{model=\"ferplus\",stage=\"inference\"}")
+    );
     assert!(after.contains("fer_batch_size_count{model=\"ferplus\"}"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_queue_answers_429_with_retry_after() {
-    let server = Server::start(&["--queue-capacity", "1", "--max-batch-size", "1", "--max-images", "64"]);
+    let server = Server::start(&[
+        "--queue-capacity",
+        "1",
+        "--max-batch-size",
+        "1",
+        "--max-images",
+        "64",
+    ]);
     let face = ferplus_faces(9, 1).remove(0);
     let mut tasks = Vec::new();
     for _ in 0..8 {
@@ -225,7 +380,10 @@ async fn a_full_queue_answers_429_with_retry_after() {
         let form = multipart(&[face.png.as_slice(); 64]);
         tasks.push(tokio::spawn(async move {
             let r = client().post(url).multipart(form).send().await.unwrap();
-            let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
             (r.status().as_u16(), retry, r.json::<Value>().await.unwrap())
         }));
     }
@@ -242,7 +400,10 @@ async fn a_full_queue_answers_429_with_retry_after() {
             other => panic!("unexpected {other}: {body}"),
         }
     }
-    assert!(rejected > 0, "a queue of one image cannot hold 8 × 64 images");
+    assert!(
+        rejected > 0,
+        "a queue of one image cannot hold 8 × 64 images"
+    );
     // Once the burst is over the server answers normally.
     let (s, _) = classify_raw(&server, "image/png", face.png.clone(), "").await;
     assert_eq!(s, 200);

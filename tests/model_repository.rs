@@ -23,7 +23,8 @@ fn repository_with_a_mismatch(root: &Path) {
     let bad = root.join("broken").join("3");
     std::fs::create_dir_all(&bad).unwrap();
     std::fs::copy(shipped().join("model.onnx"), bad.join("model.onnx")).unwrap();
-    let mut manifest: Value = serde_json::from_slice(&std::fs::read(shipped().join("manifest.json")).unwrap()).unwrap();
+    let mut manifest: Value =
+        serde_json::from_slice(&std::fs::read(shipped().join("manifest.json")).unwrap()).unwrap();
     manifest["name"] = "broken".into();
     manifest["version"] = 3.into();
     manifest["labels"].as_array_mut().unwrap().pop();
@@ -35,11 +36,24 @@ async fn a_manifest_that_does_not_match_its_graph_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     repository_with_a_mismatch(dir.path());
     let server = Server::start_in(dir.path(), &[]);
-    let models: Value = reqwest::get(server.url("/v1/models")).await.unwrap().json().await.unwrap();
-    let broken = models["models"].as_array().unwrap().iter().find(|m| m["name"] == "broken").unwrap();
+    let models: Value = reqwest::get(server.url("/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let broken = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "broken")
+        .unwrap();
     assert_eq!(broken["state"], "failed");
     let error = broken["error"].as_str().unwrap();
-    assert!(error.contains("broken/3/model.onnx"), "names the file: {error}");
+    assert!(
+        error.contains("broken/3/model.onnx"),
+        "names the file: {error}"
+    );
     assert!(error.contains("7 labels"), "says what differs: {error}");
 
     let face = &ferplus_faces(9, 1)[0];
@@ -53,7 +67,12 @@ async fn a_manifest_that_does_not_match_its_graph_is_refused_by_name() {
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "model_not_ready");
-    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("fer_model_ready{model=\"broken\",version=\"3\"} 0"));
     assert!(metrics.contains("fer_model_ready{model=\"ferplus\",version=\"1\"} 1"));
 }
@@ -63,7 +82,14 @@ fn the_server_refuses_to_start_when_the_default_model_is_broken() {
     let dir = tempfile::tempdir().unwrap();
     repository_with_a_mismatch(dir.path());
     let out = Command::new(env!("CARGO_BIN_EXE_fer-server"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--default-model", "broken", "--models-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--default-model",
+            "broken",
+            "--models-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -76,12 +102,20 @@ fn the_server_refuses_to_start_when_the_default_model_is_broken() {
 #[test]
 fn a_missing_runtime_says_how_to_get_it() {
     let out = Command::new(env!("CARGO_BIN_EXE_fer-server"))
-        .args(["classify", "--ort-dylib", "/nonexistent/libonnxruntime.so", "x.png"])
+        .args([
+            "classify",
+            "--ort-dylib",
+            "/nonexistent/libonnxruntime.so",
+            "x.png",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("make setup") && stderr.contains("onnxruntime==1.31.1"), "{stderr}");
+    assert!(
+        stderr.contains("make setup") && stderr.contains("onnxruntime==1.31.1"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -95,13 +129,26 @@ fn offline_classify_prints_labels_per_file() {
         files.push(path);
     }
     let out = Command::new(env!("CARGO_BIN_EXE_fer-server"))
-        .args(["classify", "--json", "--default-model", MODEL, "--models-dir"])
+        .args([
+            "classify",
+            "--json",
+            "--default-model",
+            MODEL,
+            "--models-dir",
+        ])
         .arg(repo().join("models"))
         .args(&files)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
     for line in &lines {
         assert_eq!(line["scores"].as_object().unwrap().len(), 8);

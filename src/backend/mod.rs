@@ -72,7 +72,12 @@ impl OnnxSession {
     }
 
     /// Runs a batch of `rows` images laid out NCHW in `input`; writes `rows × classes` outputs.
-    pub fn run(&mut self, input: &[f32], rows: usize, output: &mut Vec<f32>) -> Result<(), BackendError> {
+    pub fn run(
+        &mut self,
+        input: &[f32],
+        rows: usize,
+        output: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
         let [c, h, w] = self.input_shape;
         debug_assert_eq!(input.len(), rows * c * h * w);
         let tensor = TensorRef::from_array_view(([rows, c, h, w], input))

@@ -10,7 +10,10 @@ use crate::config::ClassifyArgs;
 
 pub fn run(args: &ClassifyArgs) -> anyhow::Result<()> {
     let (_, environment) = fer_contract::onnx::runtime(args.model.ort_dylib.as_deref())?;
-    let name = args.model_name.as_deref().unwrap_or(&args.model.default_model);
+    let name = args
+        .model_name
+        .as_deref()
+        .unwrap_or(&args.model.default_model);
     let model_dir = args.model.models_dir.join(name);
     let version = match args.version {
         Some(v) => v,
@@ -18,8 +21,15 @@ pub fn run(args: &ClassifyArgs) -> anyhow::Result<()> {
     };
     let dir = model_dir.join(version.to_string());
     let manifest = fer_contract::Manifest::load(&dir.join(fer_contract::MANIFEST_FILE))?;
-    let options = SessionOptions { intra_op_threads: args.model.intra_threads(1) };
-    let (mut session, _) = OnnxSession::load(environment, &dir.join(fer_contract::MODEL_FILE), &manifest, options)?;
+    let options = SessionOptions {
+        intra_op_threads: args.model.intra_threads(1),
+    };
+    let (mut session, _) = OnnxSession::load(
+        environment,
+        &dir.join(fer_contract::MODEL_FILE),
+        &manifest,
+        options,
+    )?;
     let preprocessor = Preprocessor::new(&manifest, args.model.decode_limits());
     let mut row = vec![0.0f32; preprocessor.input_len()];
     let mut scores = Vec::new();
@@ -33,7 +43,11 @@ pub fn run(args: &ClassifyArgs) -> anyhow::Result<()> {
         if let Err(e) = result {
             failures += 1;
             if args.json {
-                writeln!(out, "{}", serde_json::json!({"file": file, "error": e.to_string()}))?;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"file": file, "error": e.to_string()})
+                )?;
             } else {
                 writeln!(out, "{}: error: {e:#}", file.display())?;
             }
@@ -43,12 +57,19 @@ pub fn run(args: &ClassifyArgs) -> anyhow::Result<()> {
         if manifest.output.kind == OutputKind::Logits {
             softmax_in_place(&mut scores);
         }
-        let mut ranked: Vec<(&str, f32)> = manifest.labels.iter().map(String::as_str).zip(scores.iter().copied()).collect();
+        let mut ranked: Vec<(&str, f32)> = manifest
+            .labels
+            .iter()
+            .map(String::as_str)
+            .zip(scores.iter().copied())
+            .collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         ranked.truncate(args.top_k.unwrap_or(ranked.len()).max(1));
         if args.json {
-            let scores: serde_json::Map<String, serde_json::Value> =
-                ranked.iter().map(|(l, p)| (l.to_string(), serde_json::json!(p))).collect();
+            let scores: serde_json::Map<String, serde_json::Value> = ranked
+                .iter()
+                .map(|(l, p)| (l.to_string(), serde_json::json!(p)))
+                .collect();
             writeln!(
                 out,
                 "{}",
@@ -56,11 +77,20 @@ pub fn run(args: &ClassifyArgs) -> anyhow::Result<()> {
             )?;
         } else {
             let scores: Vec<String> = ranked.iter().map(|(l, p)| format!("{l} {p:.3}")).collect();
-            writeln!(out, "{}: {} ({})", file.display(), ranked[0].0, scores.join(", "))?;
+            writeln!(
+                out,
+                "{}: {} ({})",
+                file.display(),
+                ranked[0].0,
+                scores.join(", ")
+            )?;
         }
     }
     if failures > 0 {
-        anyhow::bail!("{failures} of {} files could not be classified", args.files.len());
+        anyhow::bail!(
+            "{failures} of {} files could not be classified",
+            args.files.len()
+        );
     }
     Ok(())
 }

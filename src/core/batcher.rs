@@ -160,7 +160,11 @@ struct Worker<E> {
 impl<E: Engine> Worker<E> {
     fn run(mut self) {
         let row = self.preprocessor.input_len();
-        let capacity = self.policy.fixed_batch.unwrap_or(self.policy.max_batch_size).max(1);
+        let capacity = self
+            .policy
+            .fixed_batch
+            .unwrap_or(self.policy.max_batch_size)
+            .max(1);
         let mut input = vec![0.0f32; capacity * row];
         let mut output = Vec::with_capacity(capacity * self.classes);
         let mut jobs = Vec::with_capacity(capacity);
@@ -184,7 +188,9 @@ impl<E: Engine> Worker<E> {
             input[jobs.len() * row..rows * row].fill(0.0);
             let started = Instant::now();
             let result = self.engine.run(&input[..rows * row], rows, &mut output);
-            self.metrics.inference.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .inference
+                .observe(started.elapsed().as_secs_f64());
             self.metrics.batch_size.observe(jobs.len() as f64);
             match result {
                 Ok(()) => {
@@ -282,9 +288,15 @@ mod tests {
         Pixels::new(2, 2, Channels::Gray, vec![value; 4])
     }
 
-    fn start(policy: BatchPolicy, gate: Option<Arc<Mutex<()>>>) -> (Batcher, Arc<Mutex<Vec<usize>>>) {
+    fn start(
+        policy: BatchPolicy,
+        gate: Option<Arc<Mutex<()>>>,
+    ) -> (Batcher, Arc<Mutex<Vec<usize>>>) {
         let sizes = Arc::new(Mutex::new(Vec::new()));
-        let engine = MeanEngine { sizes: Arc::clone(&sizes), gate };
+        let engine = MeanEngine {
+            sizes: Arc::clone(&sizes),
+            gate,
+        };
         let b = Batcher::start("t", vec![engine], preprocessor(), 2, policy, metrics()).unwrap();
         (b, sizes)
     }
@@ -309,6 +321,8 @@ mod tests {
     }
 
     #[tokio::test]
+    // The held guard blocks the worker's engine (another thread), never this task.
+    #[allow(clippy::await_holding_lock)]
     async fn forms_batches_up_to_the_maximum_while_the_worker_is_busy() {
         let gate = Arc::new(Mutex::new(()));
         let held = gate.lock().unwrap();
@@ -336,10 +350,16 @@ mod tests {
         let second = b.submit(image(2)).unwrap();
         first.await.unwrap().unwrap();
         second.await.unwrap().unwrap();
-        assert_eq!(*sizes.lock().unwrap(), vec![2], "the delay let both into one batch");
+        assert_eq!(
+            *sizes.lock().unwrap(),
+            vec![2],
+            "the delay let both into one batch"
+        );
     }
 
     #[tokio::test]
+    // The held guard blocks the worker's engine (another thread), never this task.
+    #[allow(clippy::await_holding_lock)]
     async fn skips_cancelled_jobs_and_refuses_when_full() {
         let gate = Arc::new(Mutex::new(()));
         let held = gate.lock().unwrap();
@@ -357,7 +377,11 @@ mod tests {
         first.await.unwrap().unwrap();
         assert_eq!(kept.await.unwrap().unwrap()[0], 3.0);
         let sizes = sizes.lock().unwrap().clone();
-        assert_eq!(sizes, vec![1, 2], "the cancelled image never reached the engine");
+        assert_eq!(
+            sizes,
+            vec![1, 2],
+            "the cancelled image never reached the engine"
+        );
         assert_eq!(b.metrics.cancelled.get(), 1);
     }
 

@@ -23,9 +23,15 @@ pub struct Prediction {
 }
 
 /// Decodes every image on the rayon pool; the first failure (by index) fails the request.
-pub async fn decode_all(model: &Arc<LoadedModel>, images: Vec<Bytes>, metrics: &Metrics) -> Result<Vec<Pixels>, Error> {
+pub async fn decode_all(
+    model: &Arc<LoadedModel>,
+    images: Vec<Bytes>,
+    metrics: &Metrics,
+) -> Result<Vec<Pixels>, Error> {
     let model = Arc::clone(model);
-    let decode = metrics.stage_duration.with_label_values(&[model.manifest.name.as_str(), "decode"]);
+    let decode = metrics
+        .stage_duration
+        .with_label_values(&[model.manifest.name.as_str(), "decode"]);
     let (tx, rx) = tokio::sync::oneshot::channel();
     rayon::spawn(move || {
         let result: Vec<Result<Pixels, Error>> = images
@@ -33,14 +39,18 @@ pub async fn decode_all(model: &Arc<LoadedModel>, images: Vec<Bytes>, metrics: &
             .enumerate()
             .map(|(index, bytes)| {
                 let started = Instant::now();
-                let decoded = model.preprocessor.decode(bytes).map_err(|source| Error::InvalidImage { index, source });
+                let decoded = model
+                    .preprocessor
+                    .decode(bytes)
+                    .map_err(|source| Error::InvalidImage { index, source });
                 decode.observe(started.elapsed().as_secs_f64());
                 decoded
             })
             .collect();
         let _ = tx.send(result.into_iter().collect::<Result<Vec<_>, _>>());
     });
-    rx.await.map_err(|_| Error::Inference("the decoder pool stopped".into()))?
+    rx.await
+        .map_err(|_| Error::Inference("the decoder pool stopped".into()))?
 }
 
 /// Classifies decoded images with the model; answers in input order.
@@ -55,7 +65,11 @@ pub async fn classify(
         match model.batcher.submit(pixels) {
             Ok(r) => receivers.push(r),
             // Dropping the receivers queued so far cancels them.
-            Err(SubmitError::Full) => return Err(Error::QueueFull { retry_after_secs: 1 }),
+            Err(SubmitError::Full) => {
+                return Err(Error::QueueFull {
+                    retry_after_secs: 1,
+                });
+            }
             Err(SubmitError::Closed) => return Err(Error::ShuttingDown),
         }
     }
@@ -80,11 +94,19 @@ pub async fn classify(
 }
 
 fn to_prediction(labels: &[String], probabilities: &[f32], top_k: Option<usize>) -> Prediction {
-    let mut ranked: Vec<(String, f32)> = labels.iter().cloned().zip(probabilities.iter().copied()).collect();
+    let mut ranked: Vec<(String, f32)> = labels
+        .iter()
+        .cloned()
+        .zip(probabilities.iter().copied())
+        .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
     let (label, confidence) = ranked[0].clone();
     ranked.truncate(top_k.unwrap_or(labels.len()).clamp(1, labels.len()));
-    Prediction { label, confidence, scores: ranked }
+    Prediction {
+        label,
+        confidence,
+        scores: ranked,
+    }
 }
 
 #[cfg(test)]
@@ -97,10 +119,23 @@ mod tests {
         let p = to_prediction(&labels, &[0.2, 0.7, 0.1], None);
         assert_eq!(p.label, "b");
         assert!((p.confidence - 0.7).abs() < 1e-6);
-        assert_eq!(p.scores.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["b", "a", "c"]);
+        assert_eq!(
+            p.scores.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
+            ["b", "a", "c"]
+        );
         let p = to_prediction(&labels, &[0.2, 0.7, 0.1], Some(1));
         assert_eq!(p.scores.len(), 1);
-        assert_eq!(to_prediction(&labels, &[0.2, 0.7, 0.1], Some(0)).scores.len(), 1);
-        assert_eq!(to_prediction(&labels, &[0.2, 0.7, 0.1], Some(99)).scores.len(), 3);
+        assert_eq!(
+            to_prediction(&labels, &[0.2, 0.7, 0.1], Some(0))
+                .scores
+                .len(),
+            1
+        );
+        assert_eq!(
+            to_prediction(&labels, &[0.2, 0.7, 0.1], Some(99))
+                .scores
+                .len(),
+            3
+        );
     }
 }

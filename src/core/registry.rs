@@ -40,7 +40,10 @@ pub struct LoadedModel {
 
 pub enum VersionState {
     Ready(Arc<LoadedModel>),
-    Failed { manifest: Option<Manifest>, error: String },
+    Failed {
+        manifest: Option<Box<Manifest>>,
+        error: String,
+    },
 }
 
 pub struct ModelRegistry {
@@ -50,7 +53,10 @@ pub struct ModelRegistry {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("cannot read the model repository {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl ModelRegistry {
@@ -68,7 +74,13 @@ impl ModelRegistry {
         let dir = &options.models_dir;
         for entry in std::fs::read_dir(dir).map_err(io(dir))? {
             let model_dir = entry.map_err(io(dir))?.path();
-            let Some(name) = model_dir.file_name().and_then(|n| n.to_str()).map(String::from) else { continue };
+            let Some(name) = model_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(String::from)
+            else {
+                continue;
+            };
             if !model_dir.is_dir() || name.starts_with('.') {
                 continue;
             }
@@ -84,19 +96,35 @@ impl ModelRegistry {
                 if !version_dir.is_dir() {
                     continue;
                 }
-                let state = match load_version(&name, version, &version_dir, options, environment, metrics) {
+                let state = match load_version(
+                    &name,
+                    version,
+                    &version_dir,
+                    options,
+                    environment,
+                    metrics,
+                ) {
                     Ok(model) => {
                         tracing::info!(model = %name, version, dir = %version_dir.display(), "model ready");
-                        metrics.model_ready.with_label_values(&[name.as_str(), &version.to_string()]).set(1);
+                        metrics
+                            .model_ready
+                            .with_label_values(&[name.as_str(), &version.to_string()])
+                            .set(1);
                         VersionState::Ready(Arc::new(model))
                     }
                     Err((manifest, error)) => {
                         tracing::error!(model = %name, version, %error, "model failed to load");
-                        metrics.model_ready.with_label_values(&[name.as_str(), &version.to_string()]).set(0);
+                        metrics
+                            .model_ready
+                            .with_label_values(&[name.as_str(), &version.to_string()])
+                            .set(0);
                         VersionState::Failed { manifest, error }
                     }
                 };
-                models.entry(name.clone()).or_default().insert(version, state);
+                models
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(version, state);
             }
         }
         Ok(Self { models })
@@ -104,7 +132,10 @@ impl ModelRegistry {
 
     /// The named version, or the newest ready one.
     pub fn resolve(&self, name: &str, version: Option<u64>) -> Result<Arc<LoadedModel>, Error> {
-        let versions = self.models.get(name).ok_or_else(|| Error::ModelNotFound(name.to_string()))?;
+        let versions = self
+            .models
+            .get(name)
+            .ok_or_else(|| Error::ModelNotFound(name.to_string()))?;
         let pick = |v: u64, state: &VersionState| match state {
             VersionState::Ready(m) => Ok(Arc::clone(m)),
             VersionState::Failed { error, .. } => Err(Error::ModelNotReady {
@@ -116,7 +147,10 @@ impl ModelRegistry {
         match version {
             Some(v) => versions
                 .get(&v)
-                .ok_or_else(|| Error::VersionNotFound { model: name.to_string(), version: v })
+                .ok_or_else(|| Error::VersionNotFound {
+                    model: name.to_string(),
+                    version: v,
+                })
                 .and_then(|s| pick(v, s)),
             None => versions
                 .iter()
@@ -126,8 +160,13 @@ impl ModelRegistry {
                     VersionState::Failed { .. } => None,
                 })
                 .ok_or_else(|| {
-                    let (v, s) = versions.iter().next_back().expect("a listed model has a version");
-                    pick(*v, s).err().unwrap_or_else(|| Error::ModelNotFound(name.to_string()))
+                    let (v, s) = versions
+                        .iter()
+                        .next_back()
+                        .expect("a listed model has a version");
+                    pick(*v, s)
+                        .err()
+                        .unwrap_or_else(|| Error::ModelNotFound(name.to_string()))
                 }),
         }
     }
@@ -140,7 +179,7 @@ impl ModelRegistry {
     }
 }
 
-type LoadFailure = (Option<Manifest>, String);
+type LoadFailure = (Option<Box<Manifest>>, String);
 
 fn load_version(
     name: &str,
@@ -152,7 +191,7 @@ fn load_version(
 ) -> Result<LoadedModel, LoadFailure> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let manifest = Manifest::load(&manifest_path).map_err(|e| (None, e.to_string()))?;
-    let fail = |message: String| (Some(manifest.clone()), message);
+    let fail = |message: String| (Some(Box::new(manifest.clone())), message);
     if manifest.name != name || manifest.version != version {
         return Err(fail(format!(
             "{}: declares {} version {} but lives in {}/{}",
@@ -164,22 +203,28 @@ fn load_version(
         )));
     }
     let model_path = dir.join(MODEL_FILE);
-    let session_options = SessionOptions { intra_op_threads: options.intra_op_threads };
+    let session_options = SessionOptions {
+        intra_op_threads: options.intra_op_threads,
+    };
     let mut sessions = Vec::new();
     let mut fixed_batch = None;
     for _ in 0..options.workers.max(1) {
         let (session, shape) =
-            OnnxSession::load(environment, &model_path, &manifest, session_options).map_err(|e| fail(e.to_string()))?;
+            OnnxSession::load(environment, &model_path, &manifest, session_options)
+                .map_err(|e| fail(e.to_string()))?;
         fixed_batch = shape.fixed_batch;
         sessions.push(session);
     }
     let max_batch_size = fixed_batch.unwrap_or(options.max_batch_size).max(1);
     let preprocessor = Preprocessor::new(&manifest, options.decode_limits);
-    warm_up(&mut sessions, &preprocessor, max_batch_size, fixed_batch).map_err(|e| fail(format!("{}: warm-up: {e}", model_path.display())))?;
+    warm_up(&mut sessions, &preprocessor, max_batch_size, fixed_batch)
+        .map_err(|e| fail(format!("{}: warm-up: {e}", model_path.display())))?;
     metrics.register_model(name, &manifest.labels);
     let batch_metrics = BatchMetrics {
         queue_wait: metrics.stage_duration.with_label_values(&[name, "queue"]),
-        inference: metrics.stage_duration.with_label_values(&[name, "inference"]),
+        inference: metrics
+            .stage_duration
+            .with_label_values(&[name, "inference"]),
         batch_size: metrics.batch_size.with_label_values(&[name]),
         queue_depth: metrics.queue_depth.with_label_values(&[name]),
         cancelled: metrics.failures.with_label_values(&["cancelled"]),
@@ -190,14 +235,32 @@ fn load_version(
         queue_capacity: options.queue_capacity,
         fixed_batch,
     };
-    let batcher = Batcher::start(name, sessions, preprocessor.clone(), manifest.labels.len(), policy, batch_metrics)
-        .map_err(|e| fail(format!("starting inference workers: {e}")))?;
-    Ok(LoadedModel { manifest, preprocessor, batcher, dir: dir.to_path_buf(), max_batch_size })
+    let batcher = Batcher::start(
+        name,
+        sessions,
+        preprocessor.clone(),
+        manifest.labels.len(),
+        policy,
+        batch_metrics,
+    )
+    .map_err(|e| fail(format!("starting inference workers: {e}")))?;
+    Ok(LoadedModel {
+        manifest,
+        preprocessor,
+        batcher,
+        dir: dir.to_path_buf(),
+        max_batch_size,
+    })
 }
 
 /// Runs a real inference at every batch size the batcher can form, on every session, so the first
 /// requests do not pay for ONNX Runtime's lazy allocations.
-fn warm_up<E: Engine>(sessions: &mut [E], preprocessor: &Preprocessor, max_batch: usize, fixed: Option<usize>) -> Result<(), String> {
+fn warm_up<E: Engine>(
+    sessions: &mut [E],
+    preprocessor: &Preprocessor,
+    max_batch: usize,
+    fixed: Option<usize>,
+) -> Result<(), String> {
     let row = preprocessor.input_len();
     let input = vec![0.0f32; max_batch * row];
     let mut output = Vec::new();

@@ -100,7 +100,10 @@ pub async fn classify_handler(
         return Err(Error::BadRequest("the request holds no image".into()));
     }
     if images.len() > state.limits.max_images {
-        return Err(Error::TooManyImages { count: images.len(), limit: state.limits.max_images });
+        return Err(Error::TooManyImages {
+            count: images.len(),
+            limit: state.limits.max_images,
+        });
     }
     let pixels = classify::decode_all(&model, images, &state.metrics).await?;
     let predictions = classify::classify(&model, pixels, query.top_k, &state.metrics).await?;
@@ -110,10 +113,17 @@ pub async fn classify_handler(
         .with_label_values(&[model.manifest.name.as_str(), "total"])
         .observe(started.elapsed().as_secs_f64());
     Ok(Json(ClassifyResponse {
-        model: ModelRef { name: model.manifest.name.clone(), version: model.manifest.version },
+        model: ModelRef {
+            name: model.manifest.name.clone(),
+            version: model.manifest.version,
+        },
         results: predictions
             .into_iter()
-            .map(|p| ClassifyResult { label: p.label, confidence: p.confidence, scores: p.scores.into_iter().collect() })
+            .map(|p| ClassifyResult {
+                label: p.label,
+                confidence: p.confidence,
+                scores: p.scores.into_iter().collect(),
+            })
             .collect(),
     }))
 }
@@ -126,7 +136,12 @@ async fn read_images(state: &AppState, request: Request) -> Result<Vec<Bytes>, E
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_string();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
     let limit = state.limits.body_limit;
     if essence.starts_with("image/") || essence == "application/octet-stream" {
         Ok(vec![read_body(request.into_body(), limit).await?])
@@ -134,10 +149,13 @@ async fn read_images(state: &AppState, request: Request) -> Result<Vec<Bytes>, E
         read_multipart(state, request).await
     } else if essence == "application/json" {
         let body = read_body(request.into_body(), limit).await?;
-        let json: ClassifyJson =
-            serde_json::from_slice(&body).map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))?;
+        let json: ClassifyJson = serde_json::from_slice(&body)
+            .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))?;
         if json.images.len() > state.limits.max_images {
-            return Err(Error::TooManyImages { count: json.images.len(), limit: state.limits.max_images });
+            return Err(Error::TooManyImages {
+                count: json.images.len(),
+                limit: state.limits.max_images,
+            });
         }
         json.images
             .iter()
@@ -161,7 +179,9 @@ async fn read_images(state: &AppState, request: Request) -> Result<Vec<Bytes>, E
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| body_error(&e, limit))
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|e| body_error(&e, limit))
 }
 
 fn body_error(error: &(dyn std::error::Error + 'static), limit: usize) -> Error {
@@ -188,7 +208,12 @@ async fn read_multipart(state: &AppState, request: Request) -> Result<Vec<Bytes>
             Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
                 return Err(Error::PayloadTooLarge { limit });
             }
-            Err(e) => return Err(Error::BadRequest(format!("invalid multipart body: {}", e.body_text()))),
+            Err(e) => {
+                return Err(Error::BadRequest(format!(
+                    "invalid multipart body: {}",
+                    e.body_text()
+                )));
+            }
         };
         let name = field.name().unwrap_or("").to_string();
         if name != "image" {
@@ -197,7 +222,10 @@ async fn read_multipart(state: &AppState, request: Request) -> Result<Vec<Bytes>
             )));
         }
         if images.len() == state.limits.max_images {
-            return Err(Error::TooManyImages { count: images.len() + 1, limit: state.limits.max_images });
+            return Err(Error::TooManyImages {
+                count: images.len() + 1,
+                limit: state.limits.max_images,
+            });
         }
         let bytes = field.bytes().await.map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {

@@ -55,7 +55,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
@@ -88,5 +91,7 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a handler panicked");
-    axum::response::IntoResponse::into_response(crate::error::Error::Inference("internal error".into()))
+    axum::response::IntoResponse::into_response(crate::error::Error::Inference(
+        "internal error".into(),
+    ))
 }

@@ -46,8 +46,12 @@ pub async fn list_models(State(state): State<AppState>) -> Json<ModelsResponse> 
         .models()
         .map(|(name, version, s)| {
             let (state, error, max_batch_size, manifest) = match s {
-                VersionState::Ready(m) => ("ready", None, Some(m.max_batch_size), Some(&m.manifest)),
-                VersionState::Failed { manifest, error } => ("failed", Some(error.clone()), None, manifest.as_ref()),
+                VersionState::Ready(m) => {
+                    ("ready", None, Some(m.max_batch_size), Some(&m.manifest))
+                }
+                VersionState::Failed { manifest, error } => {
+                    ("failed", Some(error.clone()), None, manifest.as_deref())
+                }
             };
             ModelVersionInfo {
                 name: name.to_string(),
@@ -59,5 +63,8 @@ pub async fn list_models(State(state): State<AppState>) -> Json<ModelsResponse> 
             }
         })
         .collect();
-    Json(ModelsResponse { default_model: state.default_model.to_string(), models })
+    Json(ModelsResponse {
+        default_model: state.default_model.to_string(),
+        models,
+    })
 }

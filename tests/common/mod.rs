@@ -33,7 +33,15 @@ impl Server {
 
     pub fn start_in(models: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fer-server"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--default-model", MODEL])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--default-model",
+                MODEL,
+            ])
             .arg("--models-dir")
             .arg(models)
             .args(extra)
@@ -51,7 +59,12 @@ impl Server {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                     && v["fields"]["message"] == "listening"
                 {
-                    let _ = tx.send(v["fields"]["address"].as_str().unwrap_or_default().to_string());
+                    let _ = tx.send(
+                        v["fields"]["address"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
                 }
                 sink.lock().unwrap().push(line);
             }
@@ -63,7 +76,11 @@ impl Server {
                 panic!("server did not start:\n{}", log.lock().unwrap().join("\n"));
             }
         };
-        let server = Server { child, base: format!("http://{address}"), log };
+        let server = Server {
+            child,
+            base: format!("http://{address}"),
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(r) = reqwest::blocking_get(&format!("{}/readyz", server.base))
@@ -86,7 +103,9 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let status = self.child.wait().expect("wait");
         std::mem::forget(self);
         status
@@ -105,9 +124,15 @@ mod reqwest {
     pub fn blocking_get(url: &str) -> Result<u16, std::io::Error> {
         use std::io::{Read, Write};
         let rest = url.trim_start_matches("http://");
-        let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+        let (host, path) = rest
+            .split_once('/')
+            .map(|(h, p)| (h, format!("/{p}")))
+            .unwrap_or((rest, "/".into()));
         let mut s = std::net::TcpStream::connect(host)?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )?;
         let mut buf = String::new();
         s.read_to_string(&mut buf)?;
         buf.split_whitespace()
@@ -127,7 +152,16 @@ pub struct Face {
     pub agreement: f32,
 }
 
-const FERPLUS_LABELS: [&str; 8] = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"];
+const FERPLUS_LABELS: [&str; 8] = [
+    "neutral",
+    "happiness",
+    "surprise",
+    "sadness",
+    "anger",
+    "disgust",
+    "fear",
+    "contempt",
+];
 
 /// FER+ validation faces on which at least `min_votes` of 10 annotators agree, read in place
 /// from `../shared/data/ferplus.tar.gz`, in file order.
@@ -147,7 +181,9 @@ pub fn ferplus_faces(min_votes: u32, limit: usize) -> Vec<Face> {
         entry.read_to_end(&mut bytes).unwrap();
         if name.ends_with("label.csv") {
             for line in String::from_utf8_lossy(&bytes).lines() {
-                let Some((file, rest)) = line.split_once(',') else { continue };
+                let Some((file, rest)) = line.split_once(',') else {
+                    continue;
+                };
                 let votes: Vec<u32> = rest
                     .rsplit_once(')')
                     .map(|(_, r)| r)
@@ -158,9 +194,17 @@ pub fn ferplus_faces(min_votes: u32, limit: usize) -> Vec<Face> {
                 if votes.len() != 10 {
                     continue;
                 }
-                let (best, count) = votes.iter().enumerate().max_by_key(|(_, v)| **v).map(|(i, v)| (i, *v)).unwrap();
+                let (best, count) = votes
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(_, v)| **v)
+                    .map(|(i, v)| (i, *v))
+                    .unwrap();
                 if best < 8 && count >= min_votes {
-                    labels.insert(file.to_string(), (FERPLUS_LABELS[best].to_string(), count as f32 / 10.0));
+                    labels.insert(
+                        file.to_string(),
+                        (FERPLUS_LABELS[best].to_string(), count as f32 / 10.0),
+                    );
                 }
             }
         } else if name.ends_with(".png") {
@@ -171,7 +215,12 @@ pub fn ferplus_faces(min_votes: u32, limit: usize) -> Vec<Face> {
         .into_iter()
         .filter_map(|(file, png)| {
             let (label, agreement) = labels.get(&file)?.clone();
-            Some(Face { file, png, label, agreement })
+            Some(Face {
+                file,
+                png,
+                label,
+                agreement,
+            })
         })
         .take(limit)
         .collect()

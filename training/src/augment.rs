@@ -64,19 +64,46 @@ pub struct View<'a> {
 }
 
 /// Weak view: flip + small affine warp, written into `out` (same size as `src`).
-pub fn weak(cfg: &AugmentConfig, src: &[u8], width: usize, height: usize, channels: usize, rng: &mut impl Rng, out: &mut [u8]) {
+pub fn weak(
+    cfg: &AugmentConfig,
+    src: &[u8],
+    width: usize,
+    height: usize,
+    channels: usize,
+    rng: &mut impl Rng,
+    out: &mut [u8],
+) {
     let flip = rng.random_bool(0.5);
-    let angle = rng.random_range(-cfg.max_rotation..=cfg.max_rotation).to_radians();
+    let angle = rng
+        .random_range(-cfg.max_rotation..=cfg.max_rotation)
+        .to_radians();
     let scale = 1.0 + rng.random_range(-cfg.max_scale..=cfg.max_scale);
     let dx = rng.random_range(-cfg.max_shift..=cfg.max_shift) * width as f32;
     let dy = rng.random_range(-cfg.max_shift..=cfg.max_shift) * height as f32;
-    warp(src, width, height, channels, Affine::new(angle, scale, 0.0, dx, dy, flip, width, height), out);
+    warp(
+        src,
+        width,
+        height,
+        channels,
+        Affine::new(angle, scale, 0.0, dx, dy, flip, width, height),
+        out,
+    );
 }
 
 /// Strong view: the weak warp, `strong_ops` RandAugment ops, then cutout.
-pub fn strong(cfg: &AugmentConfig, src: &[u8], width: usize, height: usize, channels: usize, rng: &mut impl Rng, out: &mut [u8]) {
+pub fn strong(
+    cfg: &AugmentConfig,
+    src: &[u8],
+    width: usize,
+    height: usize,
+    channels: usize,
+    rng: &mut impl Rng,
+    out: &mut [u8],
+) {
     let flip = rng.random_bool(0.5);
-    let angle = rng.random_range(-cfg.max_rotation..=cfg.max_rotation).to_radians();
+    let angle = rng
+        .random_range(-cfg.max_rotation..=cfg.max_rotation)
+        .to_radians();
     let scale = 1.0 + rng.random_range(-cfg.max_scale..=cfg.max_scale);
     let mut dx = rng.random_range(-cfg.max_shift..=cfg.max_shift) * width as f32;
     let mut dy = rng.random_range(-cfg.max_shift..=cfg.max_shift) * height as f32;
@@ -94,16 +121,49 @@ pub fn strong(cfg: &AugmentConfig, src: &[u8], width: usize, height: usize, chan
             op => photometric.push((op, magnitude, rng.random_bool(0.5))),
         }
     }
-    warp(src, width, height, channels, Affine::new(angle, scale, shear, dx, dy, flip, width, height), out);
-    let mut view = View { width, height, channels, data: out };
+    warp(
+        src,
+        width,
+        height,
+        channels,
+        Affine::new(angle, scale, shear, dx, dy, flip, width, height),
+        out,
+    );
+    let mut view = View {
+        width,
+        height,
+        channels,
+        data: out,
+    };
     for (op, magnitude, sign) in photometric {
         match op {
-            4 => brightness(&mut view, if sign { 1.0 + 0.6 * magnitude } else { 1.0 - 0.6 * magnitude }),
-            5 => contrast(&mut view, if sign { 1.0 + 0.6 * magnitude } else { 1.0 - 0.6 * magnitude }),
+            4 => brightness(
+                &mut view,
+                if sign {
+                    1.0 + 0.6 * magnitude
+                } else {
+                    1.0 - 0.6 * magnitude
+                },
+            ),
+            5 => contrast(
+                &mut view,
+                if sign {
+                    1.0 + 0.6 * magnitude
+                } else {
+                    1.0 - 0.6 * magnitude
+                },
+            ),
             6 => equalize(&mut view),
             7 => posterize(&mut view, 8 - (magnitude * 4.0) as u32),
             8 => sharpness(&mut view, if sign { 1.0 + magnitude } else { -magnitude }),
-            _ => gamma(&mut view, if sign { 1.0 + magnitude } else { 1.0 / (1.0 + magnitude) }),
+            _ => gamma(
+                &mut view,
+                if sign {
+                    1.0 + magnitude
+                } else {
+                    1.0 / (1.0 + magnitude)
+                },
+            ),
         }
     }
     let side = ((width.min(height) as f32) * cfg.cutout * rng.random_range(0.5..1.0f32)) as usize;
@@ -127,9 +187,23 @@ pub struct Affine {
 
 impl Affine {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(angle: f32, scale: f32, shear: f32, dx: f32, dy: f32, flip: bool, width: usize, height: usize) -> Self {
+    pub fn new(
+        angle: f32,
+        scale: f32,
+        shear: f32,
+        dx: f32,
+        dy: f32,
+        flip: bool,
+        width: usize,
+        height: usize,
+    ) -> Self {
         let (s, c) = angle.sin_cos();
-        let a = [c * scale, (c * shear - s) * scale, s * scale, (s * shear + c) * scale];
+        let a = [
+            c * scale,
+            (c * shear - s) * scale,
+            s * scale,
+            (s * shear + c) * scale,
+        ];
         let det = a[0] * a[3] - a[1] * a[2];
         Self {
             inverse: [a[3] / det, -a[1] / det, -a[2] / det, a[0] / det],
@@ -145,12 +219,22 @@ impl Affine {
         let px = x - self.centre[0] - self.shift[0];
         let py = y - self.centre[1] - self.shift[1];
         let m = &self.inverse;
-        (m[0] * px + m[1] * py + self.centre[0], m[2] * px + m[3] * py + self.centre[1])
+        (
+            m[0] * px + m[1] * py + self.centre[0],
+            m[2] * px + m[3] * py + self.centre[1],
+        )
     }
 }
 
 /// Bilinear warp with replicated borders.
-pub fn warp(src: &[u8], width: usize, height: usize, channels: usize, affine: Affine, out: &mut [u8]) {
+pub fn warp(
+    src: &[u8],
+    width: usize,
+    height: usize,
+    channels: usize,
+    affine: Affine,
+    out: &mut [u8],
+) {
     let at = |x: isize, y: isize, ch: usize| -> f32 {
         let x = x.clamp(0, width as isize - 1) as usize;
         let y = y.clamp(0, height as isize - 1) as usize;
@@ -165,14 +249,17 @@ pub fn warp(src: &[u8], width: usize, height: usize, channels: usize, affine: Af
             for ch in 0..channels {
                 let top = at(x0, y0, ch) * (1.0 - fx) + at(x0 + 1, y0, ch) * fx;
                 let bottom = at(x0, y0 + 1, ch) * (1.0 - fx) + at(x0 + 1, y0 + 1, ch) * fx;
-                out[(y * width + x) * channels + ch] = (top * (1.0 - fy) + bottom * fy).round().clamp(0.0, 255.0) as u8;
+                out[(y * width + x) * channels + ch] =
+                    (top * (1.0 - fy) + bottom * fy).round().clamp(0.0, 255.0) as u8;
             }
         }
     }
 }
 
 fn map(view: &mut View, f: impl Fn(f32) -> f32) {
-    let lut: Vec<u8> = (0..256).map(|v| f(v as f32).round().clamp(0.0, 255.0) as u8).collect();
+    let lut: Vec<u8> = (0..256)
+        .map(|v| f(v as f32).round().clamp(0.0, 255.0) as u8)
+        .collect();
     for v in view.data.iter_mut() {
         *v = lut[*v as usize];
     }
@@ -219,7 +306,8 @@ pub fn equalize(view: &mut View) {
         let mut acc = 0;
         for (i, h) in hist.iter().enumerate() {
             acc += h;
-            lut[i] = (((acc.saturating_sub(first)) as f32 / (total - first) as f32) * 255.0).round() as u8;
+            lut[i] = (((acc.saturating_sub(first)) as f32 / (total - first) as f32) * 255.0).round()
+                as u8;
         }
         for v in view.data.iter_mut().skip(ch).step_by(c) {
             *v = lut[*v as usize];
@@ -242,7 +330,8 @@ pub fn sharpness(view: &mut View, amount: f32) {
                 }
                 let blurred = sum / 9.0;
                 let v = f32::from(src[(y * w + x) * c + ch]);
-                view.data[(y * w + x) * c + ch] = (v + amount * (v - blurred)).round().clamp(0.0, 255.0) as u8;
+                view.data[(y * w + x) * c + ch] =
+                    (v + amount * (v - blurred)).round().clamp(0.0, 255.0) as u8;
             }
         }
     }
@@ -252,7 +341,10 @@ pub fn sharpness(view: &mut View, amount: f32) {
 pub fn cutout(view: &mut View, cx: usize, cy: usize, side: usize, value: u8) {
     let half = side / 2;
     let (x0, y0) = (cx.saturating_sub(half), cy.saturating_sub(half));
-    let (x1, y1) = ((cx + side - half).min(view.width), (cy + side - half).min(view.height));
+    let (x1, y1) = (
+        (cx + side - half).min(view.width),
+        (cy + side - half).min(view.height),
+    );
     for y in y0..y1 {
         for x in x0..x1 {
             for ch in 0..view.channels {
@@ -268,16 +360,32 @@ mod tests {
     use rand::SeedableRng;
 
     fn ramp(w: usize, h: usize) -> Vec<u8> {
-        (0..w * h).map(|i| ((i % w) * 255 / (w - 1)) as u8).collect()
+        (0..w * h)
+            .map(|i| ((i % w) * 255 / (w - 1)) as u8)
+            .collect()
     }
 
     #[test]
     fn identity_warp_is_exact_and_flip_mirrors() {
         let src = ramp(8, 4);
         let mut out = vec![0; 32];
-        warp(&src, 8, 4, 1, Affine::new(0.0, 1.0, 0.0, 0.0, 0.0, false, 8, 4), &mut out);
+        warp(
+            &src,
+            8,
+            4,
+            1,
+            Affine::new(0.0, 1.0, 0.0, 0.0, 0.0, false, 8, 4),
+            &mut out,
+        );
         assert_eq!(out, src);
-        warp(&src, 8, 4, 1, Affine::new(0.0, 1.0, 0.0, 0.0, 0.0, true, 8, 4), &mut out);
+        warp(
+            &src,
+            8,
+            4,
+            1,
+            Affine::new(0.0, 1.0, 0.0, 0.0, 0.0, true, 8, 4),
+            &mut out,
+        );
         for y in 0..4 {
             for x in 0..8 {
                 assert_eq!(out[y * 8 + x], src[y * 8 + 7 - x]);
@@ -289,7 +397,14 @@ mod tests {
     fn shift_moves_content_by_whole_pixels() {
         let src = ramp(8, 8);
         let mut out = vec![0; 64];
-        warp(&src, 8, 8, 1, Affine::new(0.0, 1.0, 0.0, 2.0, 0.0, false, 8, 8), &mut out);
+        warp(
+            &src,
+            8,
+            8,
+            1,
+            Affine::new(0.0, 1.0, 0.0, 2.0, 0.0, false, 8, 8),
+            &mut out,
+        );
         // output x samples source x - 2: content moved right by two pixels
         assert_eq!(out[8 + 5], src[8 + 3]);
         assert_eq!(out[8], src[8], "border replicated");
@@ -300,7 +415,14 @@ mod tests {
         let mut src = vec![0u8; 9];
         src[1] = 255; // top middle
         let mut out = vec![0; 9];
-        warp(&src, 3, 3, 1, Affine::new(std::f32::consts::FRAC_PI_2, 1.0, 0.0, 0.0, 0.0, false, 3, 3), &mut out);
+        warp(
+            &src,
+            3,
+            3,
+            1,
+            Affine::new(std::f32::consts::FRAC_PI_2, 1.0, 0.0, 0.0, 0.0, false, 3, 3),
+            &mut out,
+        );
         assert_eq!(out.iter().filter(|v| **v == 255).count(), 1, "{out:?}");
         assert_ne!(out[1], 255, "moved: {out:?}");
         assert_eq!(out[4], 0);
@@ -326,17 +448,45 @@ mod tests {
     #[test]
     fn photometric_ops_do_what_they_say() {
         let mut data: Vec<u8> = (0..=255).collect();
-        let mut v = View { width: 16, height: 16, channels: 1, data: &mut data };
+        let mut v = View {
+            width: 16,
+            height: 16,
+            channels: 1,
+            data: &mut data,
+        };
         contrast(&mut v, 0.0);
-        assert!(v.data.iter().all(|x| (126..=129).contains(x)), "zero contrast is flat grey");
+        assert!(
+            v.data.iter().all(|x| (126..=129).contains(x)),
+            "zero contrast is flat grey"
+        );
         let mut data = vec![10u8, 10, 20, 200];
-        let mut v = View { width: 2, height: 2, channels: 1, data: &mut data };
+        let mut v = View {
+            width: 2,
+            height: 2,
+            channels: 1,
+            data: &mut data,
+        };
         equalize(&mut v);
         assert_eq!(*v.data, [0, 0, 128, 255]);
         posterize(&mut v, 1);
         assert_eq!(*v.data, [0, 0, 128, 128]);
         let mut data = vec![50u8; 16];
-        cutout(&mut View { width: 4, height: 4, channels: 1, data: &mut data }, 0, 0, 2, 0);
-        assert_eq!(data.iter().filter(|v| **v == 0).count(), 1, "clipped at the corner");
+        cutout(
+            &mut View {
+                width: 4,
+                height: 4,
+                channels: 1,
+                data: &mut data,
+            },
+            0,
+            0,
+            2,
+            0,
+        );
+        assert_eq!(
+            data.iter().filter(|v| **v == 0).count(),
+            1,
+            "clipped at the corner"
+        );
     }
 }

@@ -105,8 +105,11 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io(name.clone(), e))?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse(name.clone(), e))?;
-        config.validate().map_err(|m| ConfigError::Invalid(name, m))?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse(name.clone(), e))?;
+        config
+            .validate()
+            .map_err(|m| ConfigError::Invalid(name, m))?;
         Ok(config)
     }
 

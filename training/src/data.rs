@@ -21,9 +21,18 @@ pub enum Source {
     Ferplus,
 }
 
-pub const FER2013_CLASSES: [&str; 7] = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"];
+pub const FER2013_CLASSES: [&str; 7] = [
+    "angry", "disgust", "fear", "happy", "neutral", "sad", "surprise",
+];
 pub const FERPLUS_CLASSES: [&str; 8] = [
-    "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
+    "neutral",
+    "happiness",
+    "surprise",
+    "sadness",
+    "anger",
+    "disgust",
+    "fear",
+    "contempt",
 ];
 
 impl Source {
@@ -43,8 +52,12 @@ impl Source {
 
     pub fn describe(self) -> &'static str {
         match self {
-            Source::Fer2013 => "FER2013 (ICML 2013 challenge), train split; validation on PublicTest",
-            Source::Ferplus => "FER+ (FER2013 images relabelled by 10 annotators, majority vote), train split; validation on valid",
+            Source::Fer2013 => {
+                "FER2013 (ICML 2013 challenge), train split; validation on PublicTest"
+            }
+            Source::Ferplus => {
+                "FER+ (FER2013 images relabelled by 10 annotators, majority vote), train split; validation on valid"
+            }
         }
     }
 }
@@ -79,7 +92,12 @@ impl Dataset {
     }
 
     pub fn pixels(&self, index: usize) -> Pixels {
-        Pixels::new(self.width, self.height, self.channels, self.image(index).to_vec())
+        Pixels::new(
+            self.width,
+            self.height,
+            self.channels,
+            self.image(index).to_vec(),
+        )
     }
 
     pub fn label(&self, index: usize) -> Option<usize> {
@@ -95,7 +113,10 @@ impl Dataset {
         counts
     }
 
-    fn from_pixels(preprocessor_side: (u32, u32, Channels), items: Vec<(Pixels, Option<usize>)>) -> Self {
+    fn from_pixels(
+        preprocessor_side: (u32, u32, Channels),
+        items: Vec<(Pixels, Option<usize>)>,
+    ) -> Self {
         let (width, height, channels) = preprocessor_side;
         let labelled = items.iter().all(|(_, l)| l.is_some());
         let mut images = Vec::with_capacity(items.len() * width as usize * height as usize);
@@ -104,7 +125,13 @@ impl Dataset {
             images.extend_from_slice(&pixels.data);
             labels.push(label.unwrap_or(0));
         }
-        Self { width, height, channels, images, labels: labelled.then_some(labels) }
+        Self {
+            width,
+            height,
+            channels,
+            images,
+            labels: labelled.then_some(labels),
+        }
     }
 
     /// The images at `indices`, in that order.
@@ -118,7 +145,10 @@ impl Dataset {
             height: self.height,
             channels: self.channels,
             images,
-            labels: self.labels.as_ref().map(|l| indices.iter().map(|&i| l[i]).collect()),
+            labels: self
+                .labels
+                .as_ref()
+                .map(|l| indices.iter().map(|&i| l[i]).collect()),
         }
     }
 
@@ -137,7 +167,12 @@ impl Dataset {
 }
 
 /// A class-stratified split: the first part holds `fraction` of each class (at least one image).
-pub fn stratified_split(data: &Dataset, classes: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+pub fn stratified_split(
+    data: &Dataset,
+    classes: usize,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
     let labels = data.labels.as_ref().expect("stratified split needs labels");
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
     for (i, &l) in labels.iter().enumerate() {
@@ -147,7 +182,8 @@ pub fn stratified_split(data: &Dataset, classes: usize, fraction: f64, seed: u64
     let (mut first, mut rest) = (Vec::new(), Vec::new());
     for mut members in by_class {
         members.shuffle(&mut rng);
-        let take = ((members.len() as f64 * fraction).round() as usize).clamp(members.len().min(1), members.len());
+        let take = ((members.len() as f64 * fraction).round() as usize)
+            .clamp(members.len().min(1), members.len());
         first.extend_from_slice(&members[..take]);
         rest.extend_from_slice(&members[take..]);
     }
@@ -166,16 +202,26 @@ pub struct Labelled {
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Format(String),
 }
 
 /// Every regular file of a `.tar.gz` whose path passes `keep`, as (path, bytes).
-fn read_archive(path: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<(String, Vec<u8>)>, DataError> {
-    let io = |source| DataError::Io { path: path.display().to_string(), source };
+fn read_archive(
+    path: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, Vec<u8>)>, DataError> {
+    let io = |source| DataError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let file = std::fs::File::open(path).map_err(io)?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+    let mut archive =
+        tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
     let mut out = Vec::new();
     for entry in archive.entries().map_err(io)? {
         let mut entry = entry.map_err(io)?;
@@ -221,15 +267,21 @@ pub fn load_labelled(
     let classes = source.classes();
     let (train, val) = match source {
         Source::Fer2013 => {
-            let index: HashMap<&str, usize> = FER2013_CLASSES.iter().enumerate().map(|(i, c)| (*c, i)).collect();
+            let index: HashMap<&str, usize> = FER2013_CLASSES
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (*c, i))
+                .collect();
             let files = read_archive(&path, |n| n.ends_with(".jpg"))?;
             let (mut train, mut val) = (Vec::new(), Vec::new());
             for (name, bytes) in files {
                 let parts: Vec<&str> = name.split('/').collect();
-                let [_, split, class, _] = parts[..] else { continue };
-                let label = *index
-                    .get(class)
-                    .ok_or_else(|| DataError::Format(format!("{name}: unknown class folder {class:?}")))?;
+                let [_, split, class, _] = parts[..] else {
+                    continue;
+                };
+                let label = *index.get(class).ok_or_else(|| {
+                    DataError::Format(format!("{name}: unknown class folder {class:?}"))
+                })?;
                 match split {
                     "train" => train.push((name, bytes, Some(label))),
                     "val" => val.push((name, bytes, Some(label))),
@@ -252,7 +304,9 @@ pub fn load_labelled(
             }
             let (mut train, mut val) = (Vec::new(), Vec::new());
             for (name, bytes) in files.into_iter().filter(|(n, _)| n.ends_with(".png")) {
-                let Some(&label) = labels.get(&name) else { continue };
+                let Some(&label) = labels.get(&name) else {
+                    continue;
+                };
                 match name.split('/').nth(1) {
                     Some("train") => train.push((name, bytes, Some(label))),
                     Some("valid") => val.push((name, bytes, Some(label))),
@@ -263,7 +317,10 @@ pub fn load_labelled(
         }
     };
     if train.is_empty() || val.is_empty() {
-        return Err(DataError::Format(format!("{}: no train or validation images found", path.display())));
+        return Err(DataError::Format(format!(
+            "{}: no train or validation images found",
+            path.display()
+        )));
     }
     let mut train = train;
     let mut val = val;
@@ -292,7 +349,10 @@ pub fn ferplus_majority(line: &str) -> Option<(String, usize)> {
     if votes.len() != 10 || votes.iter().all(|v| *v == 0) {
         return None;
     }
-    let (best, _) = votes.iter().enumerate().fold((0, 0), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) });
+    let (best, _) = votes.iter().enumerate().fold(
+        (0, 0),
+        |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) },
+    );
     (best < 8).then(|| (file.to_string(), best))
 }
 
@@ -308,7 +368,11 @@ pub fn load_unlabelled(
     if let Some(limit) = limit {
         files.truncate(limit);
     }
-    decode_all(preprocessor, side, files.into_iter().map(|(n, b)| (n, b, None)).collect())
+    decode_all(
+        preprocessor,
+        side,
+        files.into_iter().map(|(n, b)| (n, b, None)).collect(),
+    )
 }
 
 #[cfg(test)]
@@ -317,23 +381,49 @@ mod tests {
 
     #[test]
     fn ferplus_majority_reads_votes_after_the_quoted_box() {
-        assert_eq!(ferplus_majority(r#"fer0000000.png,"(0, 0, 48, 48)",4,0,0,1,3,2,0,0,0,0"#), Some(("fer0000000.png".into(), 0)));
-        assert_eq!(ferplus_majority(r#"fer1.png,"(0, 0, 48, 48)",0,0,0,1,3,2,0,0,0,0"#), Some(("fer1.png".into(), 4)));
+        assert_eq!(
+            ferplus_majority(r#"fer0000000.png,"(0, 0, 48, 48)",4,0,0,1,3,2,0,0,0,0"#),
+            Some(("fer0000000.png".into(), 0))
+        );
+        assert_eq!(
+            ferplus_majority(r#"fer1.png,"(0, 0, 48, 48)",0,0,0,1,3,2,0,0,0,0"#),
+            Some(("fer1.png".into(), 4))
+        );
         // majority "unknown" or "not a face" is dropped
-        assert_eq!(ferplus_majority(r#"fer2.png,"(0, 0, 48, 48)",1,0,0,0,0,0,0,0,6,3"#), None);
-        assert_eq!(ferplus_majority(r#"fer3.png,"(0, 0, 48, 48)",0,0,0,0,0,0,0,0,0,10"#), None);
+        assert_eq!(
+            ferplus_majority(r#"fer2.png,"(0, 0, 48, 48)",1,0,0,0,0,0,0,0,6,3"#),
+            None
+        );
+        assert_eq!(
+            ferplus_majority(r#"fer3.png,"(0, 0, 48, 48)",0,0,0,0,0,0,0,0,0,10"#),
+            None
+        );
         assert_eq!(ferplus_majority("garbage"), None);
     }
 
     #[test]
     fn stratified_split_keeps_class_proportions() {
         let labels: Vec<usize> = (0..1000).map(|i| if i < 900 { 0 } else { 1 }).collect();
-        let data = Dataset { width: 1, height: 1, channels: Channels::Gray, images: vec![0; 1000], labels: Some(labels) };
+        let data = Dataset {
+            width: 1,
+            height: 1,
+            channels: Channels::Gray,
+            images: vec![0; 1000],
+            labels: Some(labels),
+        };
         let (a, b) = stratified_split(&data, 2, 0.1, 7);
         assert_eq!(a.len() + b.len(), 1000);
         let ones = a.iter().filter(|&&i| i >= 900).count();
         assert_eq!((a.len(), ones), (100, 10));
-        assert_eq!(stratified_split(&data, 2, 0.1, 7).0, a, "same seed, same split");
-        assert_ne!(stratified_split(&data, 2, 0.1, 8).0, a, "another seed, another split");
+        assert_eq!(
+            stratified_split(&data, 2, 0.1, 7).0,
+            a,
+            "same seed, same split"
+        );
+        assert_ne!(
+            stratified_split(&data, 2, 0.1, 8).0,
+            a,
+            "another seed, another split"
+        );
     }
 }

@@ -47,7 +47,8 @@ impl Parity {
 
 /// Exports the run's best checkpoint; returns the version folder and the parity figures.
 pub fn export(req: &ExportRequest) -> anyhow::Result<(PathBuf, Parity)> {
-    let state: RunState = serde_json::from_slice(&std::fs::read(req.run.state()).context("run has no state.json")?)?;
+    let state: RunState =
+        serde_json::from_slice(&std::fs::read(req.run.state()).context("run has no state.json")?)?;
     let best = state
         .history
         .iter()
@@ -55,18 +56,28 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<(PathBuf, Parity)> {
         .context("run has no evaluated epoch to export")?;
     let classes = req.config.data.classes();
     let device = Device::flex();
-    let model = train::load_model(req.config, classes.len(), &req.run.best_model(), &device)?.valid();
+    let model =
+        train::load_model(req.config, classes.len(), &req.run.best_model(), &device)?.valid();
 
     let mut manifest = train::manifest_template(req.config, &classes);
     manifest.name = req.name.to_string();
     manifest.version = req.version;
-    let (c, h, w) = (manifest.input.channels.count(), manifest.input.height as usize, manifest.input.width as usize);
+    let (c, h, w) = (
+        manifest.input.channels.count(),
+        manifest.input.height as usize,
+        manifest.input.width as usize,
+    );
     let onnx = OnnxExporter::new()
         .export_dynamic(
             &model,
             Tensor::<4>::zeros([2, c, h, w], &device),
             Tensor::<4>::zeros([3, c, h, w], &device),
-            &[InputSpec::new(vec![AxisSpec::dynamic("batch"), AxisSpec::Static, AxisSpec::Static, AxisSpec::Static])],
+            &[InputSpec::new(vec![
+                AxisSpec::dynamic("batch"),
+                AxisSpec::Static,
+                AxisSpec::Static,
+                AxisSpec::Static,
+            ])],
             |m: &FerNet, x| m.forward(x),
         )
         .map_err(|e| anyhow::anyhow!("ONNX export: {e}"))?;
@@ -87,7 +98,8 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<(PathBuf, Parity)> {
     // burn-onnx names tensors itself: record the names it chose.
     manifest.input.name = session.inputs()[0].name().to_string();
     manifest.output.name = session.outputs()[0].name().to_string();
-    fer_contract::onnx::check_graph(&session, &manifest).map_err(|e| anyhow::anyhow!("{}: {e}", model_path.display()))?;
+    fer_contract::onnx::check_graph(&session, &manifest)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", model_path.display()))?;
 
     let preprocessor = Preprocessor::new(&manifest, fer_contract::DecodeLimits::default());
     let labelled = train::load_data(req.config, &preprocessor, &manifest)?;
@@ -96,7 +108,8 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<(PathBuf, Parity)> {
         _ => labelled.val.clone(),
     };
     // The exporter moves the module it captured onto its capture device: compare a fresh load.
-    let model = train::load_model(req.config, classes.len(), &req.run.best_model(), &device)?.valid();
+    let model =
+        train::load_model(req.config, classes.len(), &req.run.best_model(), &device)?.valid();
     let parity = check_parity(&model, &mut session, &val, &preprocessor, &device)?;
     if !parity.passed() {
         bail!(
@@ -117,34 +130,59 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<(PathBuf, Parity)> {
     for (label, f1) in classes.iter().zip(&best.val.per_class_f1) {
         p.metrics.insert(format!("val_f1_{label}"), *f1);
     }
-    p.metrics.insert("val_images".into(), labelled.val.len() as f64);
-    p.metrics.insert("train_images".into(), labelled.train.len() as f64);
+    p.metrics
+        .insert("val_images".into(), labelled.val.len() as f64);
+    p.metrics
+        .insert("train_images".into(), labelled.train.len() as f64);
     p.metrics.insert("epochs".into(), state.epoch as f64);
-    p.metrics.insert("best_epoch".into(), state.best_epoch as f64);
-    p.metrics.insert("train_wall_seconds".into(), state.wall_seconds.round());
+    p.metrics
+        .insert("best_epoch".into(), state.best_epoch as f64);
+    p.metrics
+        .insert("train_wall_seconds".into(), state.wall_seconds.round());
     p.notes = format!(
         "ONNX parity on {} validation images: max |Δlogit| {:.2e}, argmax agreement {}/{}",
         parity.images, parity.max_abs_diff, parity.argmax_agree, parity.images
     );
-    manifest.validate().map_err(|e| anyhow::anyhow!("exported manifest: {e}"))?;
+    manifest
+        .validate()
+        .map_err(|e| anyhow::anyhow!("exported manifest: {e}"))?;
     manifest.save(&dir.join(MANIFEST_FILE))?;
-    std::fs::write(dir.join("MODEL_CARD.md"), model_card(req, &manifest, &model, &state, &parity))?;
+    std::fs::write(
+        dir.join("MODEL_CARD.md"),
+        model_card(req, &manifest, &model, &state, &parity),
+    )?;
     Ok((dir, parity))
 }
 
 /// Compares burn's and ONNX Runtime's logits on the same preprocessed images.
-pub fn check_parity(model: &FerNet, session: &mut Session, data: &Dataset, preprocessor: &Preprocessor, device: &Device) -> anyhow::Result<Parity> {
+pub fn check_parity(
+    model: &FerNet,
+    session: &mut Session,
+    data: &Dataset,
+    preprocessor: &Preprocessor,
+    device: &Device,
+) -> anyhow::Result<Parity> {
     let burn_logits = train::predict(model, data, preprocessor, device, 128)?;
     let len = preprocessor.input_len();
     let classes = burn_logits.len() / data.len().max(1);
-    let shape = [1usize, data.channels.count(), data.height as usize, data.width as usize];
+    let shape = [
+        1usize,
+        data.channels.count(),
+        data.height as usize,
+        data.width as usize,
+    ];
     let (mut max_abs_diff, mut argmax_agree) = (0.0f32, 0);
     let mut row = vec![0.0f32; len];
     for i in 0..data.len() {
         preprocessor.normalise_into(&data.pixels(i), &mut row);
-        let input = TensorRef::from_array_view((shape, row.as_slice())).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let outputs = session.run(ort::inputs![input]).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (_, ort_logits) = outputs[0].try_extract_tensor::<f32>().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let input = TensorRef::from_array_view((shape, row.as_slice()))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let outputs = session
+            .run(ort::inputs![input])
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (_, ort_logits) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mine = &burn_logits[i * classes..(i + 1) * classes];
         for (a, b) in mine.iter().zip(ort_logits) {
             max_abs_diff = max_abs_diff.max((a - b).abs());
@@ -153,12 +191,28 @@ pub fn check_parity(model: &FerNet, session: &mut Session, data: &Dataset, prepr
             argmax_agree += 1;
         }
     }
-    Ok(Parity { images: data.len(), max_abs_diff, argmax_agree })
+    Ok(Parity {
+        images: data.len(),
+        max_abs_diff,
+        argmax_agree,
+    })
 }
 
-fn model_card(req: &ExportRequest, manifest: &Manifest, model: &FerNet, state: &RunState, parity: &Parity) -> String {
+fn model_card(
+    req: &ExportRequest,
+    manifest: &Manifest,
+    model: &FerNet,
+    state: &RunState,
+    parity: &Parity,
+) -> String {
     let best = state.history.iter().find(|h| h.epoch == state.best_epoch);
-    let macs = forward_macs(&req.config.model, manifest.input.channels.count(), manifest.input.width as usize, manifest.labels.len());
+    let macs = forward_macs(
+        &req.config.model,
+        manifest.input.channels.count(),
+        manifest.input.width as usize,
+        manifest.labels.len(),
+    );
+    let mode = format!("{:?}", req.config.mode);
     let mut per_class = String::new();
     if let Some(best) = best {
         for (label, f1) in manifest.labels.iter().zip(&best.val.per_class_f1) {
@@ -184,7 +238,7 @@ fn model_card(req: &ExportRequest, manifest: &Manifest, model: &FerNet, state: &
         version = manifest.version,
         data = req.config.data.describe(),
         archive = req.config.data.archive_name(),
-        mode = format!("{:?}", req.config.mode),
+        mode = mode,
         params = model.num_params(),
         widths = req.config.model.widths,
         depth = req.config.model.convs_per_stage,

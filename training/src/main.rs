@@ -17,7 +17,11 @@ use fer_train::model::{FerNet, forward_macs};
 use fer_train::train::{RunDir, train};
 
 #[derive(Parser)]
-#[command(name = "fer-train", version, about = "Train facial-expression models and export them for fer-server")]
+#[command(
+    name = "fer-train",
+    version,
+    about = "Train facial-expression models and export them for fer-server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,7 +72,9 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
@@ -85,7 +91,15 @@ fn main() -> anyhow::Result<()> {
                 run.display()
             );
         }
-        Command::Export { run, name, version, models_dir, command, parity_images, ort_dylib } => {
+        Command::Export {
+            run,
+            name,
+            version,
+            models_dir,
+            command,
+            parity_images,
+            ort_dylib,
+        } => {
             let run = RunDir(run);
             let cfg = Config::load(&run.config()).context("the run's config.toml")?;
             let (dir, parity) = export(&ExportRequest {
@@ -120,7 +134,9 @@ fn bench_step(cfg: &Config, steps: usize) -> anyhow::Result<()> {
     let mut optim = AdamWConfig::new().init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let b = cfg.batch_size;
-    let data: Vec<f32> = (0..b * 48 * 48).map(|i| ((i * 31 % 255) as f32 / 127.5) - 1.0).collect();
+    let data: Vec<f32> = (0..b * 48 * 48)
+        .map(|i| ((i * 31 % 255) as f32 / 127.5) - 1.0)
+        .collect();
     let targets: Vec<i64> = (0..b).map(|i| (i % classes) as i64).collect();
     let mut times = Vec::new();
     for step in 0..steps + 2 {

@@ -18,7 +18,9 @@ pub struct Scores {
 
 impl Confusion {
     pub fn new(classes: usize) -> Self {
-        Self { matrix: vec![vec![0; classes]; classes] }
+        Self {
+            matrix: vec![vec![0; classes]; classes],
+        }
     }
 
     pub fn add(&mut self, truth: usize, predicted: usize) {
@@ -42,7 +44,11 @@ impl Confusion {
             })
             .collect();
         Scores {
-            accuracy: if total == 0 { 0.0 } else { correct as f64 / total as f64 },
+            accuracy: if total == 0 {
+                0.0
+            } else {
+                correct as f64 / total as f64
+            },
             macro_f1: per_class_f1.iter().sum::<f64>() / n.max(1) as f64,
             per_class_f1,
             confusion: self.clone(),

@@ -16,7 +16,9 @@ fn plot_err(e: impl std::fmt::Display) -> anyhow::Error {
 /// `curves.svg` (train loss, validation accuracy and macro-F1 per epoch) and `confusion.svg`
 /// (the last epoch's validation confusion matrix, rows normalised).
 pub fn plots(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow::Result<()> {
-    let Some(last) = history.last() else { return Ok(()) };
+    let Some(last) = history.last() else {
+        return Ok(());
+    };
     let path = dir.join("curves.svg");
     let root = SVGBackend::new(&path, (1000, 400)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
@@ -30,9 +32,16 @@ pub fn plots(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow:
         .y_label_area_size(40)
         .build_cartesian_2d(0f64..epochs, 0f64..max_loss.max(1e-3))
         .map_err(plot_err)?;
-    chart.configure_mesh().x_desc("epoch").draw().map_err(plot_err)?;
     chart
-        .draw_series(LineSeries::new(history.iter().map(|h| (h.epoch as f64, h.train_loss)), &RED))
+        .configure_mesh()
+        .x_desc("epoch")
+        .draw()
+        .map_err(plot_err)?;
+    chart
+        .draw_series(LineSeries::new(
+            history.iter().map(|h| (h.epoch as f64, h.train_loss)),
+            &RED,
+        ))
         .map_err(plot_err)?;
     let mut chart = ChartBuilder::on(&right)
         .caption("validation", ("sans-serif", 18))
@@ -41,42 +50,72 @@ pub fn plots(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow:
         .y_label_area_size(40)
         .build_cartesian_2d(0f64..epochs, 0f64..1f64)
         .map_err(plot_err)?;
-    chart.configure_mesh().x_desc("epoch").draw().map_err(plot_err)?;
     chart
-        .draw_series(LineSeries::new(history.iter().map(|h| (h.epoch as f64, h.val.accuracy)), &BLUE))
+        .configure_mesh()
+        .x_desc("epoch")
+        .draw()
+        .map_err(plot_err)?;
+    chart
+        .draw_series(LineSeries::new(
+            history.iter().map(|h| (h.epoch as f64, h.val.accuracy)),
+            &BLUE,
+        ))
         .map_err(plot_err)?
         .label("accuracy")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
     chart
-        .draw_series(LineSeries::new(history.iter().map(|h| (h.epoch as f64, h.val.macro_f1)), &GREEN))
+        .draw_series(LineSeries::new(
+            history.iter().map(|h| (h.epoch as f64, h.val.macro_f1)),
+            &GREEN,
+        ))
         .map_err(plot_err)?
         .label("macro-F1")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
-    chart.configure_series_labels().border_style(BLACK).draw().map_err(plot_err)?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_err)?;
     root.present().map_err(plot_err)?;
 
     let path = dir.join("confusion.svg");
     let n = classes.len();
     let cell = 60;
-    let root = SVGBackend::new(&path, ((n * cell + 140) as u32, (n * cell + 60) as u32)).into_drawing_area();
+    let root = SVGBackend::new(&path, ((n * cell + 140) as u32, (n * cell + 60) as u32))
+        .into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let matrix = &last.val.confusion.matrix;
     for (t, row) in matrix.iter().enumerate() {
         let total = row.iter().sum::<u64>().max(1) as f64;
-        root.draw(&Text::new(classes[t].clone(), (5, (t * cell + 30 + cell / 2) as i32), ("sans-serif", 13)))
-            .map_err(plot_err)?;
+        root.draw(&Text::new(
+            classes[t].clone(),
+            (5, (t * cell + 30 + cell / 2) as i32),
+            ("sans-serif", 13),
+        ))
+        .map_err(plot_err)?;
         for (p, count) in row.iter().enumerate() {
             let share = *count as f64 / total;
             let x = (p * cell + 120) as i32;
             let y = (t * cell + 30) as i32;
             let shade = (255.0 * (1.0 - share)) as u8;
-            root.draw(&Rectangle::new([(x, y), (x + cell as i32, y + cell as i32)], RGBColor(shade, shade, 255).filled()))
-                .map_err(plot_err)?;
-            root.draw(&Text::new(format!("{:.2}", share), (x + 12, y + cell as i32 / 2), ("sans-serif", 13)))
-                .map_err(plot_err)?;
-        }
-        root.draw(&Text::new(classes[t].chars().take(7).collect::<String>(), ((t * cell + 125) as i32, 10), ("sans-serif", 12)))
+            root.draw(&Rectangle::new(
+                [(x, y), (x + cell as i32, y + cell as i32)],
+                RGBColor(shade, shade, 255).filled(),
+            ))
             .map_err(plot_err)?;
+            root.draw(&Text::new(
+                format!("{:.2}", share),
+                (x + 12, y + cell as i32 / 2),
+                ("sans-serif", 13),
+            ))
+            .map_err(plot_err)?;
+        }
+        root.draw(&Text::new(
+            classes[t].chars().take(7).collect::<String>(),
+            ((t * cell + 125) as i32, 10),
+            ("sans-serif", 12),
+        ))
+        .map_err(plot_err)?;
     }
     root.present().map_err(plot_err)?;
     Ok(())
@@ -100,7 +139,13 @@ struct Summary<'a> {
     seed: u64,
 }
 
-pub fn summary(run: &RunDir, config: &Config, state: &RunState, labelled: &Labelled, counts: &[usize]) -> anyhow::Result<()> {
+pub fn summary(
+    run: &RunDir,
+    config: &Config,
+    state: &RunState,
+    labelled: &Labelled,
+    counts: &[usize],
+) -> anyhow::Result<()> {
     let best = state.history.iter().find(|h| h.epoch == state.best_epoch);
     let saved: RunState = serde_json::from_slice(&std::fs::read(run.state())?)?;
     let summary = Summary {

@@ -6,8 +6,8 @@ use std::time::Instant;
 use anyhow::Context;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::optim::record::OptimizerRecord;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::TensorData;
@@ -104,28 +104,65 @@ pub fn manifest_template(config: &Config, classes: &[String]) -> Manifest {
             height: 48,
             width: 48,
         },
-        output: OutputSpec { name: "logits".into(), kind: OutputKind::Logits },
-        preprocessing: Preprocessing { resize: ResizeMethod::Bilinear, scale: 1.0 / 255.0, mean: vec![0.5], std: vec![0.5] },
+        output: OutputSpec {
+            name: "logits".into(),
+            kind: OutputKind::Logits,
+        },
+        preprocessing: Preprocessing {
+            resize: ResizeMethod::Bilinear,
+            scale: 1.0 / 255.0,
+            mean: vec![0.5],
+            std: vec![0.5],
+        },
         provenance: Provenance::default(),
     }
 }
 
 /// Loads the labelled data a config asks for, applying its fraction and limits.
-pub fn load_data(config: &Config, preprocessor: &Preprocessor, manifest: &Manifest) -> anyhow::Result<Labelled> {
-    let side = (manifest.input.width, manifest.input.height, manifest.input.channels);
+pub fn load_data(
+    config: &Config,
+    preprocessor: &Preprocessor,
+    manifest: &Manifest,
+) -> anyhow::Result<Labelled> {
+    let side = (
+        manifest.input.width,
+        manifest.input.height,
+        manifest.input.channels,
+    );
     let mut labelled = data::load_labelled(config.data, &config.data_dir, preprocessor, side)
-        .with_context(|| format!("loading {:?} from {}", config.data, config.data_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "loading {:?} from {}",
+                config.data,
+                config.data_dir.display()
+            )
+        })?;
     let classes = labelled.classes.len();
     if config.labelled_fraction < 1.0 {
-        let (keep, _) = data::stratified_split(&labelled.train, classes, config.labelled_fraction, config.seed);
+        let (keep, _) = data::stratified_split(
+            &labelled.train,
+            classes,
+            config.labelled_fraction,
+            config.seed,
+        );
         labelled.train = labelled.train.subset(&keep);
     }
     if let Some(limit) = config.limit_train.filter(|l| *l < labelled.train.len()) {
-        let (keep, _) = data::stratified_split(&labelled.train, classes, limit as f64 / labelled.train.len() as f64, config.seed);
+        let (keep, _) = data::stratified_split(
+            &labelled.train,
+            classes,
+            limit as f64 / labelled.train.len() as f64,
+            config.seed,
+        );
         labelled.train = labelled.train.subset(&keep);
     }
     if let Some(limit) = config.limit_val.filter(|l| *l < labelled.val.len()) {
-        let (keep, _) = data::stratified_split(&labelled.val, classes, limit as f64 / labelled.val.len() as f64, config.seed);
+        let (keep, _) = data::stratified_split(
+            &labelled.val,
+            classes,
+            limit as f64 / labelled.val.len() as f64,
+            config.seed,
+        );
         labelled.val = labelled.val.subset(&keep);
     }
     Ok(labelled)
@@ -141,8 +178,16 @@ pub fn learning_rate(base: f64, step: usize, warmup: usize, total: usize) -> f64
 }
 
 /// The order of one epoch's samples: a seeded shuffle, or class-balanced draws.
-fn epoch_order(train: &Dataset, classes: usize, seed: u64, epoch: usize, balanced: bool) -> Vec<usize> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+fn epoch_order(
+    train: &Dataset,
+    classes: usize,
+    seed: u64,
+    epoch: usize,
+    balanced: bool,
+) -> Vec<usize> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(
+        seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
     let n = train.len();
     if !balanced {
         let mut order: Vec<usize> = (0..n).collect();
@@ -164,46 +209,80 @@ fn epoch_order(train: &Dataset, classes: usize, seed: u64, epoch: usize, balance
 }
 
 /// Augmented (weak view), normalised batch of the given samples, as `[b, c, h, w]` data.
-fn weak_batch(config: &Config, train: &Dataset, preprocessor: &Preprocessor, indices: &[usize], step_seed: u64) -> Vec<f32> {
+fn weak_batch(
+    config: &Config,
+    train: &Dataset,
+    preprocessor: &Preprocessor,
+    indices: &[usize],
+    step_seed: u64,
+) -> Vec<f32> {
     let len = preprocessor.input_len();
     let mut out = vec![0.0f32; indices.len() * len];
-    out.par_chunks_mut(len).zip(indices.par_iter()).enumerate().for_each(|(i, (row, &index))| {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(step_seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
-        let mut pixels = train.pixels(index);
-        augment::weak(
-            &config.augment,
-            train.image(index),
-            train.width as usize,
-            train.height as usize,
-            train.channels.count(),
-            &mut rng,
-            &mut pixels.data,
-        );
-        preprocessor.normalise_into(&pixels, row);
-    });
+    out.par_chunks_mut(len)
+        .zip(indices.par_iter())
+        .enumerate()
+        .for_each(|(i, (row, &index))| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(
+                step_seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
+            );
+            let mut pixels = train.pixels(index);
+            augment::weak(
+                &config.augment,
+                train.image(index),
+                train.width as usize,
+                train.height as usize,
+                train.channels.count(),
+                &mut rng,
+                &mut pixels.data,
+            );
+            preprocessor.normalise_into(&pixels, row);
+        });
     out
 }
 
 fn images_tensor(data: Vec<f32>, count: usize, dataset: &Dataset, device: &Device) -> Tensor<4> {
-    let shape = [count, dataset.channels.count(), dataset.height as usize, dataset.width as usize];
+    let shape = [
+        count,
+        dataset.channels.count(),
+        dataset.height as usize,
+        dataset.width as usize,
+    ];
     Tensor::<4>::from_data(TensorData::new(data, shape), device)
 }
 
 /// Logits of every image of a dataset, in order (`[n × classes]`, row-major).
-pub fn predict(model: &FerNet, dataset: &Dataset, preprocessor: &Preprocessor, device: &Device, batch: usize) -> anyhow::Result<Vec<f32>> {
+pub fn predict(
+    model: &FerNet,
+    dataset: &Dataset,
+    preprocessor: &Preprocessor,
+    device: &Device,
+    batch: usize,
+) -> anyhow::Result<Vec<f32>> {
     let len = preprocessor.input_len();
     let mut logits = Vec::new();
     let indices: Vec<usize> = (0..dataset.len()).collect();
     for chunk in indices.chunks(batch) {
         let mut data = vec![0.0f32; chunk.len() * len];
-        data.par_chunks_mut(len).zip(chunk.par_iter()).for_each(|(row, &i)| preprocessor.normalise_into(&dataset.pixels(i), row));
+        data.par_chunks_mut(len)
+            .zip(chunk.par_iter())
+            .for_each(|(row, &i)| preprocessor.normalise_into(&dataset.pixels(i), row));
         let out = model.forward(images_tensor(data, chunk.len(), dataset, device));
-        logits.extend(out.into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?);
+        logits.extend(
+            out.into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        );
     }
     Ok(logits)
 }
 
-pub fn evaluate(model: &FerNet, dataset: &Dataset, preprocessor: &Preprocessor, classes: usize, device: &Device) -> anyhow::Result<Scores> {
+pub fn evaluate(
+    model: &FerNet,
+    dataset: &Dataset,
+    preprocessor: &Preprocessor,
+    classes: usize,
+    device: &Device,
+) -> anyhow::Result<Scores> {
     let logits = predict(model, dataset, preprocessor, device, 256)?;
     let labels = dataset.labels.as_ref().context("evaluation needs labels")?;
     let mut confusion = Confusion::new(classes);
@@ -214,17 +293,32 @@ pub fn evaluate(model: &FerNet, dataset: &Dataset, preprocessor: &Preprocessor, 
 }
 
 pub fn argmax(row: &[f32]) -> usize {
-    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv { (i, v) } else { (bi, bv) }
+        })
+        .0
 }
 
 /// Loads a model saved with [`save_model`] into a freshly built network of the config's shape.
-pub fn load_model(config: &Config, classes: usize, path: &Path, device: &Device) -> anyhow::Result<FerNet> {
-    let record = ModuleRecord::load(path).map_err(|e| anyhow::anyhow!("loading {}: {e:?}", path.display()))?;
+pub fn load_model(
+    config: &Config,
+    classes: usize,
+    path: &Path,
+    device: &Device,
+) -> anyhow::Result<FerNet> {
+    let record = ModuleRecord::load(path)
+        .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", path.display()))?;
     Ok(FerNet::new(&config.model, 1, classes, device).load_record(record))
 }
 
 fn save_model(model: &FerNet, path: &Path) -> anyhow::Result<()> {
-    model.clone().into_record().save(path).map_err(|e| anyhow::anyhow!("saving {}: {e:?}", path.display()))
+    model
+        .clone()
+        .into_record()
+        .save(path)
+        .map_err(|e| anyhow::anyhow!("saving {}: {e:?}", path.display()))
 }
 
 /// Trains (or resumes) the run in `run`; returns the final state.
@@ -247,8 +341,15 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
 
     let device = Device::flex().autodiff();
     device.seed(config.seed);
-    let mut model = FerNet::new(&config.model, manifest.input.channels.count(), classes, &device);
-    let mut optimizer: ModuleOptimizer = AdamWConfig::new().with_weight_decay(config.optimizer.weight_decay).init();
+    let mut model = FerNet::new(
+        &config.model,
+        manifest.input.channels.count(),
+        classes,
+        &device,
+    );
+    let mut optimizer: ModuleOptimizer = AdamWConfig::new()
+        .with_weight_decay(config.optimizer.weight_decay)
+        .init();
     let mut state = RunState::default();
     if resume && run.state().is_file() {
         state = serde_json::from_slice(&std::fs::read(run.state())?)?;
@@ -257,7 +358,8 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
             return Ok(state);
         }
         model = load_model(config, classes, &run.last_model(), &device)?;
-        let record = OptimizerRecord::load(run.last_optimizer()).map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?;
+        let record = OptimizerRecord::load(run.last_optimizer())
+            .map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?;
         optimizer = optimizer.load_record(record);
         tracing::info!(epoch = state.epoch, step = state.step, "resumed");
     }
@@ -266,19 +368,38 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
     let mut loss_config = CrossEntropyLossConfig::new().with_smoothing(config.loss.label_smoothing);
     if config.loss.class_weights {
         let total: usize = counts.iter().sum();
-        let weights = counts.iter().map(|&c| if c == 0 { 0.0 } else { total as f32 / (classes * c) as f32 }).collect();
+        let weights = counts
+            .iter()
+            .map(|&c| {
+                if c == 0 {
+                    0.0
+                } else {
+                    total as f32 / (classes * c) as f32
+                }
+            })
+            .collect();
         loss_config = loss_config.with_weights(Some(weights));
     }
     let loss_fn = loss_config.init(&device);
     let steps_per_epoch = labelled.train.len().div_ceil(config.batch_size);
-    let total_steps = config.max_steps.unwrap_or(usize::MAX).min(steps_per_epoch * config.epochs);
+    let total_steps = config
+        .max_steps
+        .unwrap_or(usize::MAX)
+        .min(steps_per_epoch * config.epochs);
     let warmup = (config.optimizer.warmup_epochs * steps_per_epoch as f64) as usize;
     let eval_device = Device::flex();
 
     while state.epoch < config.epochs && state.step < total_steps {
         let epoch_started = Instant::now();
-        let order = epoch_order(&labelled.train, classes, config.seed, state.epoch, config.class_balanced);
-        let bar = ProgressBar::new(steps_per_epoch as u64).with_position(state.step_in_epoch as u64);
+        let order = epoch_order(
+            &labelled.train,
+            classes,
+            config.seed,
+            state.epoch,
+            config.class_balanced,
+        );
+        let bar =
+            ProgressBar::new(steps_per_epoch as u64).with_position(state.step_in_epoch as u64);
         bar.set_style(
             ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}] {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -289,11 +410,26 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
             if state.step >= total_steps {
                 break;
             }
-            lr = learning_rate(config.optimizer.learning_rate, state.step, warmup, total_steps);
-            let images = weak_batch(config, &labelled.train, &preprocessor, batch, config.seed ^ state.step as u64);
-            let targets: Vec<i64> = batch.iter().map(|&i| labelled.train.label(i).unwrap_or(0) as i64).collect();
+            lr = learning_rate(
+                config.optimizer.learning_rate,
+                state.step,
+                warmup,
+                total_steps,
+            );
+            let images = weak_batch(
+                config,
+                &labelled.train,
+                &preprocessor,
+                batch,
+                config.seed ^ state.step as u64,
+            );
+            let targets: Vec<i64> = batch
+                .iter()
+                .map(|&i| labelled.train.label(i).unwrap_or(0) as i64)
+                .collect();
             let images = images_tensor(images, batch.len(), &labelled.train, &device);
-            let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [batch.len()]), &device);
+            let targets =
+                Tensor::<1, Int>::from_data(TensorData::new(targets, [batch.len()]), &device);
             let loss = loss_fn.forward(model.forward(images), targets);
             let loss_value = f64::from(loss.clone().into_scalar::<f32>());
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -308,7 +444,13 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
             }
         }
         bar.finish_and_clear();
-        let scores = evaluate(&model.valid().to_device(&eval_device), &labelled.val, &preprocessor, classes, &eval_device)?;
+        let scores = evaluate(
+            &model.valid().to_device(&eval_device),
+            &labelled.val,
+            &preprocessor,
+            classes,
+            &eval_device,
+        )?;
         let record = EpochRecord {
             epoch: state.epoch + 1,
             step: state.step,
@@ -319,7 +461,12 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
         };
         println!(
             "epoch {:>3}  step {:>6}  loss {:.4}  val acc {:.4}  val macro-F1 {:.4}  ({:.0} s)",
-            record.epoch, record.step, record.train_loss, scores.accuracy, scores.macro_f1, record.seconds
+            record.epoch,
+            record.step,
+            record.train_loss,
+            scores.accuracy,
+            scores.macro_f1,
+            record.seconds
         );
         if scores.macro_f1 > state.best_macro_f1 || state.history.is_empty() {
             state.best_macro_f1 = scores.macro_f1;
@@ -339,7 +486,13 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
     Ok(state)
 }
 
-fn checkpoint(run: &RunDir, model: &FerNet, optimizer: &ModuleOptimizer, state: &mut RunState, started: Instant) -> anyhow::Result<()> {
+fn checkpoint(
+    run: &RunDir,
+    model: &FerNet,
+    optimizer: &ModuleOptimizer,
+    state: &mut RunState,
+    started: Instant,
+) -> anyhow::Result<()> {
     save_model(model, &run.last_model())?;
     optimizer
         .to_record()

@@ -9,7 +9,9 @@ use fer_train::config::Config;
 use fer_train::data;
 
 fn archive(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(name)
 }
 
 /// The first `n` image files of an archive, sorted by path (the order the trainer uses).
@@ -38,7 +40,11 @@ fn trainer_and_server_preprocess_real_images_identically() {
     .unwrap();
     let manifest = fer_train::train::manifest_template(&config, &config.data.classes());
     let preprocessor = Preprocessor::new(&manifest, DecodeLimits::default());
-    let side = (manifest.input.width, manifest.input.height, manifest.input.channels);
+    let side = (
+        manifest.input.width,
+        manifest.input.height,
+        manifest.input.channels,
+    );
     // FER+ PNGs (the image crate path), FER2013 JPEGs (zune-jpeg's gray path), UTKFace/LFW RGB
     // JPEGs at other sizes (colour conversion and resizing).
     for name in ["ferplus.tar.gz", "fer2013.tar.gz", "unlabeled-faces.tar.gz"] {
@@ -50,7 +56,9 @@ fn trainer_and_server_preprocess_real_images_identically() {
         let mut server_row = vec![0.0f32; preprocessor.input_len()];
         for (i, bytes) in raw.iter().enumerate() {
             preprocessor.normalise_into(&cached.pixels(i), &mut trainer_row);
-            preprocessor.preprocess_into(bytes, &mut server_row).unwrap();
+            preprocessor
+                .preprocess_into(bytes, &mut server_row)
+                .unwrap();
             assert_eq!(trainer_row, server_row, "{name} image {i}");
         }
     }

@@ -22,9 +22,17 @@ fn smoke_config(mode: Mode) -> Config {
         epochs: 3,
         batch_size: 32,
         max_steps: None,
-        optimizer: OptimizerConfig { learning_rate: 0.003, weight_decay: 0.0, warmup_epochs: 0.0 },
+        optimizer: OptimizerConfig {
+            learning_rate: 0.003,
+            weight_decay: 0.0,
+            warmup_epochs: 0.0,
+        },
         loss: LossConfig::default(),
-        model: ModelConfig { widths: vec![8, 16, 16, 32], convs_per_stage: 1, dropout: 0.0 },
+        model: ModelConfig {
+            widths: vec![8, 16, 16, 32],
+            convs_per_stage: 1,
+            dropout: 0.0,
+        },
         augment: AugmentConfig::default(),
         class_balanced: false,
         mode,
@@ -44,7 +52,14 @@ fn every_mode_trains_with_falling_loss_and_exports_with_parity() {
         let last = state.history[2].train_loss;
         assert!(last < first, "{mode:?}: loss {first} → {last} did not fall");
         assert!(state.finished);
-        for file in ["best.bpk", "last.bpk", "state.json", "summary.json", "curves.svg", "confusion.svg"] {
+        for file in [
+            "best.bpk",
+            "last.bpk",
+            "state.json",
+            "summary.json",
+            "curves.svg",
+            "confusion.svg",
+        ] {
             assert!(run.0.join(file).is_file(), "{file} missing");
         }
 

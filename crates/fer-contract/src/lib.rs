@@ -6,13 +6,13 @@
 //! trained and when it is served.
 
 pub mod manifest;
-pub mod preprocess;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+pub mod preprocess;
 
 pub use manifest::{
-    Channels, InputSpec, Layout, Manifest, ManifestError, OutputKind, OutputSpec, Preprocessing,
-    Provenance, ResizeMethod, FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE,
+    Channels, FORMAT_VERSION, InputSpec, Layout, MANIFEST_FILE, MODEL_FILE, Manifest,
+    ManifestError, OutputKind, OutputSpec, Preprocessing, Provenance, ResizeMethod,
 };
 pub use preprocess::{DecodeLimits, ImageError, Pixels, Preprocessor};
 

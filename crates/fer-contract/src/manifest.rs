@@ -165,10 +165,12 @@ impl Manifest {
                 path: origin.to_string(),
                 source,
             })?;
-        manifest.validate().map_err(|message| ManifestError::Invalid {
-            path: origin.to_string(),
-            message,
-        })?;
+        manifest
+            .validate()
+            .map_err(|message| ManifestError::Invalid {
+                path: origin.to_string(),
+                message,
+            })?;
         Ok(manifest)
     }
 
@@ -237,7 +239,8 @@ impl Manifest {
         if !p.scale.is_finite() || p.scale <= 0.0 {
             return Err("preprocessing.scale must be a positive number".into());
         }
-        if p.std.iter().any(|s| !s.is_finite() || *s <= 0.0) || p.mean.iter().any(|m| !m.is_finite())
+        if p.std.iter().any(|s| !s.is_finite() || *s <= 0.0)
+            || p.mean.iter().any(|m| !m.is_finite())
         {
             return Err("preprocessing.std must be positive and mean finite".into());
         }

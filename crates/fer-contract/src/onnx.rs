@@ -40,7 +40,10 @@ pub fn locate_runtime(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> 
         }
     } else {
         candidates.push(Path::new(REPO_LIB_DIR).join(LIB_NAME));
-        if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+        {
             candidates.push(dir.join(LIB_NAME));
             candidates.push(dir.join("lib").join(LIB_NAME));
         }
@@ -63,7 +66,9 @@ static ENVIRONMENT: OnceLock<Result<(PathBuf, Environment), String>> = OnceLock:
 /// Loads ONNX Runtime once per process and returns its environment and the library's path.
 ///
 /// The first call decides the library; later calls return the same one.
-pub fn runtime(explicit: Option<&Path>) -> Result<(&'static Path, &'static Environment), RuntimeError> {
+pub fn runtime(
+    explicit: Option<&Path>,
+) -> Result<(&'static Path, &'static Environment), RuntimeError> {
     let path = locate_runtime(explicit)?;
     let loaded = ENVIRONMENT.get_or_init(|| {
         let environment = ort::init_from(&path)
@@ -97,7 +102,11 @@ pub fn check_graph(session: &Session, manifest: &Manifest) -> Result<GraphShape,
         return Err(format!(
             "the graph has {} inputs ({}); a classifier takes exactly one",
             inputs.len(),
-            inputs.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+            inputs
+                .iter()
+                .map(|i| i.name())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     let input = &inputs[0];
@@ -110,9 +119,17 @@ pub fn check_graph(session: &Session, manifest: &Manifest) -> Result<GraphShape,
     }
     let dims = float_tensor_dims(input.dtype(), "input")?;
     let c = manifest.input.channels.count() as i64;
-    let (h, w) = (i64::from(manifest.input.height), i64::from(manifest.input.width));
+    let (h, w) = (
+        i64::from(manifest.input.height),
+        i64::from(manifest.input.width),
+    );
     let want = [c, h, w];
-    if dims.len() != 4 || dims[1..].iter().zip(want).any(|(got, want)| *got >= 0 && *got != want) {
+    if dims.len() != 4
+        || dims[1..]
+            .iter()
+            .zip(want)
+            .any(|(got, want)| *got >= 0 && *got != want)
+    {
         return Err(format!(
             "graph input {:?} has shape {dims:?}; the manifest declares [batch, {c}, {h}, {w}]",
             input.name()
@@ -128,7 +145,11 @@ pub fn check_graph(session: &Session, manifest: &Manifest) -> Result<GraphShape,
             format!(
                 "manifest output.name is {:?} but the graph's outputs are {:?}",
                 manifest.output.name,
-                session.outputs().iter().map(|o| o.name()).collect::<Vec<_>>()
+                session
+                    .outputs()
+                    .iter()
+                    .map(|o| o.name())
+                    .collect::<Vec<_>>()
             )
         })?;
     let dims = float_tensor_dims(output.dtype(), "output")?;
@@ -144,7 +165,13 @@ pub fn check_graph(session: &Session, manifest: &Manifest) -> Result<GraphShape,
 
 fn float_tensor_dims(ty: &ValueType, what: &str) -> Result<Vec<i64>, String> {
     match ty {
-        ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } => Ok(shape.to_vec()),
-        other => Err(format!("graph {what} is {other:?}; expected a float32 tensor")),
+        ValueType::Tensor {
+            ty: TensorElementType::Float32,
+            shape,
+            ..
+        } => Ok(shape.to_vec()),
+        other => Err(format!(
+            "graph {what} is {other:?}; expected a float32 tensor"
+        )),
     }
 }

@@ -159,8 +159,15 @@ impl Preprocessor {
     pub fn normalise_into(&self, pixels: &Pixels, out: &mut [f32]) {
         let plane = self.width as usize * self.height as usize;
         let channels = self.channels.count();
-        assert_eq!(pixels.channels, self.channels, "pixels of the wrong channels");
-        assert_eq!(pixels.data.len(), plane * channels, "pixels of the wrong size");
+        assert_eq!(
+            pixels.channels, self.channels,
+            "pixels of the wrong channels"
+        );
+        assert_eq!(
+            pixels.data.len(),
+            plane * channels,
+            "pixels of the wrong size"
+        );
         assert_eq!(out.len(), plane * channels, "output row of the wrong size");
         for (c, lut) in self.lut.iter().enumerate() {
             let dst = &mut out[c * plane..(c + 1) * plane];
@@ -223,12 +230,16 @@ fn decode_jpeg_luma(bytes: &[u8], limits: &DecodeLimits) -> Result<Pixels, Image
         .ok_or_else(|| ImageError::Corrupt("JPEG header without dimensions".into()))?;
     let (width, height) = (width as u32, height as u32);
     limits.check(width, height)?;
-    let orientation = decoder.exif().and_then(|exif| Orientation::from_exif_chunk(exif));
+    let orientation = decoder
+        .exif()
+        .and_then(|exif| Orientation::from_exif_chunk(exif));
     let data = decoder
         .decode()
         .map_err(|e| ImageError::Corrupt(e.to_string()))?;
     if data.len() != width as usize * height as usize {
-        return Err(ImageError::Corrupt("JPEG decoded to an unexpected size".into()));
+        return Err(ImageError::Corrupt(
+            "JPEG decoded to an unexpected size".into(),
+        ));
     }
     let pixels = Pixels::new(width, height, Channels::Gray, data);
     Ok(match orientation {
@@ -287,9 +298,9 @@ fn convert(image: DynamicImage, channels: Channels) -> Pixels {
         Channels::Gray => {
             let data = match image {
                 DynamicImage::ImageLuma8(gray) => gray.into_raw(),
-                DynamicImage::ImageLumaA8(_) | DynamicImage::ImageLuma16(_) | DynamicImage::ImageLumaA16(_) => {
-                    image.into_luma8().into_raw()
-                }
+                DynamicImage::ImageLumaA8(_)
+                | DynamicImage::ImageLuma16(_)
+                | DynamicImage::ImageLumaA16(_) => image.into_luma8().into_raw(),
                 other => other
                     .into_rgb8()
                     .pixels()
@@ -325,7 +336,11 @@ pub fn resize(
         ResizeMethod::Lanczos3 => fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3),
     };
     fr::Resizer::new()
-        .resize(&src, &mut dst, &fr::ResizeOptions::new().resize_alg(algorithm))
+        .resize(
+            &src,
+            &mut dst,
+            &fr::ResizeOptions::new().resize_alg(algorithm),
+        )
         .map_err(|e| ImageError::Corrupt(format!("resize: {e}")))?;
     Ok(Pixels::new(width, height, pixels.channels, dst.into_vec()))
 }
@@ -334,7 +349,7 @@ pub fn resize(
 mod tests {
     use super::*;
     use crate::manifest::tests::sample;
-    use image::{GrayImage, RgbImage, codecs::png::PngEncoder, ImageEncoder};
+    use image::{GrayImage, ImageEncoder, RgbImage, codecs::png::PngEncoder};
 
     fn png_gray(width: u32, height: u32, f: impl Fn(u32, u32) -> u8) -> Vec<u8> {
         let img = GrayImage::from_fn(width, height, |x, y| image::Luma([f(x, y)]));
@@ -395,7 +410,10 @@ mod tests {
         assert!(px.data.iter().all(|v| *v == 200), "a flat image stays flat");
         let mut row = vec![0.0; p.input_len()];
         p.preprocess_into(&bytes, &mut row).unwrap();
-        assert!(row.iter().all(|v| (v - (200.0 / 255.0 - 0.5) / 0.5).abs() < 1e-6));
+        assert!(
+            row.iter()
+                .all(|v| (v - (200.0 / 255.0 - 0.5) / 0.5).abs() < 1e-6)
+        );
     }
 
     #[test]
@@ -410,7 +428,11 @@ mod tests {
         }
         // JPEG is lossy: its Y plane is within a step or two of the same value.
         let px = p.decode(&encode(img, ImageFormat::Jpeg)).unwrap();
-        assert!(px.data.iter().all(|v| v.abs_diff(want) <= 2), "{:?}", &px.data[..4]);
+        assert!(
+            px.data.iter().all(|v| v.abs_diff(want) <= 2),
+            "{:?}",
+            &px.data[..4]
+        );
     }
 
     #[test]
@@ -445,12 +467,21 @@ mod tests {
     fn refuses_bad_input_with_the_right_error() {
         let p = Preprocessor::new(&sample(), DecodeLimits::default());
         assert_eq!(p.decode(b""), Err(ImageError::Empty));
-        assert!(matches!(p.decode(b"hello world"), Err(ImageError::Unsupported(_))));
+        assert!(matches!(
+            p.decode(b"hello world"),
+            Err(ImageError::Unsupported(_))
+        ));
         let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;";
         assert!(matches!(p.decode(gif), Err(ImageError::Unsupported(_))));
         let png = png_gray(48, 48, |x, y| (x * y) as u8);
-        assert!(matches!(p.decode(&png[..png.len() / 2]), Err(ImageError::Corrupt(_))));
-        let jpeg = encode(DynamicImage::ImageLuma8(GrayImage::new(48, 48)), ImageFormat::Jpeg);
+        assert!(matches!(
+            p.decode(&png[..png.len() / 2]),
+            Err(ImageError::Corrupt(_))
+        ));
+        let jpeg = encode(
+            DynamicImage::ImageLuma8(GrayImage::new(48, 48)),
+            ImageFormat::Jpeg,
+        );
         assert!(matches!(p.decode(&jpeg[..20]), Err(ImageError::Corrupt(_))));
     }
 
@@ -478,14 +509,38 @@ mod tests {
         assert!(bomb.len() < 100_000, "a small file: {} bytes", bomb.len());
         let err = p.decode(&bomb).unwrap_err();
         assert!(
-            matches!(err, ImageError::TooLarge { width: 30_000, height: 30_000, .. }),
+            matches!(
+                err,
+                ImageError::TooLarge {
+                    width: 30_000,
+                    height: 30_000,
+                    ..
+                }
+            ),
             "{err:?}"
         );
-        let small = DecodeLimits { max_width: 64, max_height: 64, max_pixels: 4096 };
+        let small = DecodeLimits {
+            max_width: 64,
+            max_height: 64,
+            max_pixels: 4096,
+        };
         let err = decode_pixels(&png_gray(100, 10, |_, _| 0), Channels::Gray, &small).unwrap_err();
-        assert!(matches!(err, ImageError::TooLarge { width: 100, height: 10, .. }));
-        let jpeg = encode(DynamicImage::ImageLuma8(GrayImage::new(65, 8)), ImageFormat::Jpeg);
+        assert!(matches!(
+            err,
+            ImageError::TooLarge {
+                width: 100,
+                height: 10,
+                ..
+            }
+        ));
+        let jpeg = encode(
+            DynamicImage::ImageLuma8(GrayImage::new(65, 8)),
+            ImageFormat::Jpeg,
+        );
         let err = decode_pixels(&jpeg, Channels::Gray, &small).unwrap_err();
-        assert!(matches!(err, ImageError::TooLarge { width: 65, .. }), "{err:?}");
+        assert!(
+            matches!(err, ImageError::TooLarge { width: 65, .. }),
+            "{err:?}"
+        );
     }
 }
