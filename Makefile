@@ -15,12 +15,13 @@ build: setup
 run: setup
 	./target/release/fer-server serve $(ARGS)
 
-## Every check CI runs: formatting, clippy, then all tests of the workspace.
+## Every check CI runs: formatting, clippy, then all tests of the workspace (release profile: the
+## trainer's tests run burn, which is slow unoptimised, and `make run` shares the build).
 test:
 	./scripts/setup-ort.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --release
 
 ## Criterion benchmarks (preprocessing, batch inference vs the raw ort session).
 bench: setup

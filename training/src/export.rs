@@ -226,7 +226,7 @@ fn model_card(
          ## Method\n{mode} training of a {params}-parameter VGG-style CNN (widths {widths:?}, {depth} conv per stage, \
          {mmacs:.1} M multiply-accumulates per image), AdamW, cosine schedule, weak augmentation (flip, small affine).\n\n\
          ## Reproduce\n```\n{command}\n```\nSeed {seed}. {epochs} epochs ({steps} steps), best epoch {best_epoch}, \
-         {hours:.2} h of training wall time on the CPU it ran on.\n\n\
+         {hours:.2} h of training wall time on the CPU it ran on.{stopped}\n\n\
          ## Validation metrics (best epoch)\n- accuracy: {acc:.4}\n- macro-F1: {f1:.4}\n\n| class | F1 |\n|---|---|\n{per_class}\n\
          ## Export check\nONNX Runtime vs burn on {images} validation images: max |Δlogit| {diff:.2e} (tolerance {tol:.0e}), argmax agreement {agree}/{images}.\n\n\
          ## Intended use\nClassifying the expression of a single, roughly frontal, cropped face (as `POST /v1/classify` expects). \
@@ -249,6 +249,15 @@ fn model_card(
         steps = state.step,
         best_epoch = state.best_epoch,
         hours = state.wall_seconds / 3600.0,
+        stopped = if state.finished {
+            String::new()
+        } else {
+            format!(
+                " Training was stopped after epoch {} of the config's {} (the learning-rate schedule had not reached its end); \
+                 the same command resumes the run from its last checkpoint.",
+                state.epoch, req.config.epochs
+            )
+        },
         acc = best.map(|b| b.val.accuracy).unwrap_or(0.0),
         f1 = best.map(|b| b.val.macro_f1).unwrap_or(0.0),
         images = parity.images,
