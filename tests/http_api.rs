@@ -29,6 +29,28 @@ async fn classify_raw(
     (status, body)
 }
 
+async fn get_json(server: &Server, path: &str) -> Value {
+    client()
+        .get(server.url(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn get_text(server: &Server, path: &str) -> String {
+    client()
+        .get(server.url(path))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn multipart(faces: &[&[u8]]) -> reqwest::multipart::Form {
     faces
         .iter()
@@ -230,14 +252,7 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
     // Still serving, and the failures are counted by reason.
     let (s, _) = classify_raw(&server, "image/png", face.png.clone(), "").await;
     assert_eq!(s, 200);
-    let metrics = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&server, "/metrics").await;
     for reason in [
         "invalid_image",
         "unsupported_media_type",
@@ -284,14 +299,7 @@ async fn models_health_docs_and_metrics_endpoints() {
         200
     );
 
-    let models: Value = c
-        .get(server.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = get_json(&server, "/v1/models").await;
     assert_eq!(models["default_model"], MODEL);
     let ferplus = models["models"]
         .as_array()
@@ -303,14 +311,7 @@ async fn models_health_docs_and_metrics_endpoints() {
     assert_eq!(ferplus["manifest"]["labels"].as_array().unwrap().len(), 8);
     assert_eq!(ferplus["manifest"]["input"]["channels"], "gray");
 
-    let spec: Value = c
-        .get(server.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec: Value = get_json(&server, "/openapi.json").await;
     assert!(spec["paths"]["/v1/classify"]["post"].is_object());
     let docs = c.get(server.url("/docs/")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
@@ -319,14 +320,7 @@ async fn models_health_docs_and_metrics_endpoints() {
         "docs page served"
     );
 
-    let before = c
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let before = get_text(&server, "/metrics").await;
     assert!(
         before.contains("fer_queue_depth{model=\"ferplus\"} 0"),
         "series exist at zero"
@@ -342,14 +336,7 @@ async fn models_health_docs_and_metrics_endpoints() {
         let (s, _) = classify_raw(&server, "image/png", face.png.clone(), "").await;
         assert_eq!(s, 200);
     }
-    let after = c
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let after = get_text(&server, "/metrics").await;
     assert_eq!(predictions(&after) - predictions(&before), 3.0);
     assert!(
         after.contains(

@@ -63,6 +63,29 @@ pub struct View<'a> {
     pub data: &'a mut [u8],
 }
 
+/// The random flip and affine parameters both views start from, drawn in one fixed order.
+struct WarpDraw {
+    flip: bool,
+    angle: f32,
+    scale: f32,
+    dx: f32,
+    dy: f32,
+}
+
+impl WarpDraw {
+    fn new(cfg: &AugmentConfig, width: usize, height: usize, rng: &mut impl Rng) -> Self {
+        Self {
+            flip: rng.random_bool(0.5),
+            angle: rng
+                .random_range(-cfg.max_rotation..=cfg.max_rotation)
+                .to_radians(),
+            scale: 1.0 + rng.random_range(-cfg.max_scale..=cfg.max_scale),
+            dx: rng.random_range(-cfg.max_shift..=cfg.max_shift) * width as f32,
+            dy: rng.random_range(-cfg.max_shift..=cfg.max_shift) * height as f32,
+        }
+    }
+}
+
 /// Weak view: flip + small affine warp, written into `out` (same size as `src`).
 pub fn weak(
     cfg: &AugmentConfig,
@@ -73,21 +96,9 @@ pub fn weak(
     rng: &mut impl Rng,
     out: &mut [u8],
 ) {
-    let flip = rng.random_bool(0.5);
-    let angle = rng
-        .random_range(-cfg.max_rotation..=cfg.max_rotation)
-        .to_radians();
-    let scale = 1.0 + rng.random_range(-cfg.max_scale..=cfg.max_scale);
-    let dx = rng.random_range(-cfg.max_shift..=cfg.max_shift) * width as f32;
-    let dy = rng.random_range(-cfg.max_shift..=cfg.max_shift) * height as f32;
-    warp(
-        src,
-        width,
-        height,
-        channels,
-        Affine::new(angle, scale, 0.0, dx, dy, flip, width, height),
-        out,
-    );
+    let w = WarpDraw::new(cfg, width, height, rng);
+    let affine = Affine::new(w.angle, w.scale, 0.0, w.dx, w.dy, w.flip, width, height);
+    warp(src, width, height, channels, affine, out);
 }
 
 /// Strong view: the weak warp, `strong_ops` RandAugment ops, then cutout.
@@ -100,15 +111,14 @@ pub fn strong(
     rng: &mut impl Rng,
     out: &mut [u8],
 ) {
-    let flip = rng.random_bool(0.5);
-    let angle = rng
-        .random_range(-cfg.max_rotation..=cfg.max_rotation)
-        .to_radians();
-    let scale = 1.0 + rng.random_range(-cfg.max_scale..=cfg.max_scale);
-    let mut dx = rng.random_range(-cfg.max_shift..=cfg.max_shift) * width as f32;
-    let mut dy = rng.random_range(-cfg.max_shift..=cfg.max_shift) * height as f32;
+    let WarpDraw {
+        flip,
+        mut angle,
+        scale,
+        mut dx,
+        mut dy,
+    } = WarpDraw::new(cfg, width, height, rng);
     let mut shear = 0.0;
-    let mut angle = angle;
     // Geometric RandAugment ops fold into the one warp.
     let mut photometric = Vec::new();
     for _ in 0..cfg.strong_ops {
