@@ -440,7 +440,7 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
             bar.set_message(format!("loss {loss_value:.4} lr {lr:.2e}"));
             bar.inc(1);
             if state.step % config.checkpoint_every == 0 {
-                checkpoint(run, &model, &optimizer, &mut state, started)?;
+                checkpoint(run, &model, &optimizer, &state, started)?;
             }
         }
         bar.finish_and_clear();
@@ -477,11 +477,11 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
         state.epoch += 1;
         state.step_in_epoch = 0;
         state.epoch_loss_sum = 0.0;
-        checkpoint(run, &model, &optimizer, &mut state, started)?;
+        checkpoint(run, &model, &optimizer, &state, started)?;
         report::plots(&run.0, &state.history, &labelled.classes)?;
     }
     state.finished = true;
-    checkpoint(run, &model, &optimizer, &mut state, started)?;
+    checkpoint(run, &model, &optimizer, &state, started)?;
     report::summary(run, config, &state, &labelled, &counts)?;
     Ok(state)
 }
@@ -490,7 +490,7 @@ fn checkpoint(
     run: &RunDir,
     model: &FerNet,
     optimizer: &ModuleOptimizer,
-    state: &mut RunState,
+    state: &RunState,
     started: Instant,
 ) -> anyhow::Result<()> {
     save_model(model, &run.last_model())?;
