@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::core::registry::policy::VersionPolicy;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "fer-server",
@@ -90,6 +92,91 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "FER_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
+    #[command(flatten)]
+    pub admission: AdmissionArgs,
+    #[command(flatten)]
+    pub access: AccessArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RepositoryWatch {
+    /// Filesystem events (inotify), falling back to polling where there are none.
+    Events,
+    /// Poll the repository every --repository-poll-ms.
+    Poll,
+    /// No watching: SIGHUP and the /v2/repository API change what serves.
+    Off,
+}
+
+/// Model versions, hot reload and shutdown.
+#[derive(Debug, Clone, Args)]
+pub struct LifecycleArgs {
+    /// Versions served per model, unless `<model>/serving.json` says otherwise: `latest:N` (the N
+    /// newest that load), `all`, or `specific:V[,V...]`.
+    #[arg(long, env = "FER_VERSION_POLICY", default_value = "latest:1")]
+    pub version_policy: VersionPolicy,
+    /// How the repository is watched for new, changed and deleted versions.
+    #[arg(
+        long,
+        env = "FER_REPOSITORY_WATCH",
+        value_enum,
+        default_value = "events"
+    )]
+    pub repository_watch: RepositoryWatch,
+    /// Polling interval, in milliseconds, when the repository is polled.
+    #[arg(long, env = "FER_REPOSITORY_POLL_MS", default_value_t = 2000)]
+    pub repository_poll_ms: u64,
+    /// Quiet time, in milliseconds, after a change before it is loaded; files modified more
+    /// recently than this are treated as still being written.
+    #[arg(long, env = "FER_RELOAD_DEBOUNCE_MS", default_value_t = 500)]
+    pub reload_debounce_ms: u64,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish, in milliseconds.
+    #[arg(long, env = "FER_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
+    pub drain_timeout_ms: u64,
+}
+
+/// Load shedding on inference routes.
+#[derive(Debug, Clone, Args)]
+pub struct AdmissionArgs {
+    /// Longest an inference request may take, in milliseconds, before 504 (its queued work is
+    /// dropped); 0: no limit.
+    #[arg(long, env = "FER_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// Inference requests in progress at once before 429; 0: no limit.
+    #[arg(long, env = "FER_MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
+    pub max_concurrent_requests: usize,
+}
+
+/// Who may call what.
+#[derive(Debug, Clone, Args)]
+pub struct AccessArgs {
+    /// API keys accepted as `Authorization: Bearer <key>` (comma-separated in the env var). With
+    /// any key configured, inference, model and repository routes require one.
+    #[arg(
+        long = "api-key",
+        env = "FER_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// File with one API key per line (`#` comments and blank lines ignored).
+    #[arg(long, env = "FER_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Require a key for /healthz and /readyz too (when keys are configured).
+    #[arg(long, env = "FER_AUTH_HEALTH")]
+    pub auth_health: bool,
+    /// Require a key for /metrics too (when keys are configured).
+    #[arg(long, env = "FER_AUTH_METRICS")]
+    pub auth_metrics: bool,
+    /// Origins allowed by CORS (comma-separated in the env var; `*` for any); none: CORS off.
+    #[arg(
+        long = "cors-allow-origin",
+        env = "FER_CORS_ALLOW_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_allow_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -160,5 +247,7 @@ mod tests {
         };
         assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(args.max_queue_delay_ms, 0);
+        assert_eq!(args.lifecycle.version_policy, VersionPolicy::Latest(1));
+        assert!(args.access.api_keys.is_empty());
     }
 }

@@ -32,6 +32,18 @@ pub enum Error {
     Inference(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("model {model:?} could not be loaded: {reason}")]
+    ModelLoadFailed { model: String, reason: String },
+    #[error("the model repository cannot be read: {0}")]
+    Repository(String),
+    #[error("the request took longer than the server's limit of {limit_ms} ms")]
+    Timeout { limit_ms: u64 },
+    #[error("{limit} requests are already in progress; retry after {retry_after_secs} s")]
+    Overloaded { limit: usize, retry_after_secs: u64 },
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("internal error")]
+    Internal,
 }
 
 impl Error {
@@ -49,8 +61,12 @@ impl Error {
             Error::UnsupportedMediaType(_) => 415,
             Error::PayloadTooLarge { .. } => 413,
             Error::TooManyImages { .. } => 422,
-            Error::QueueFull { .. } => 429,
-            Error::Inference(_) => 500,
+            Error::QueueFull { .. } | Error::Overloaded { .. } => 429,
+            // Triton answers a failed load with 400.
+            Error::ModelLoadFailed { .. } => 400,
+            Error::Unauthorized => 401,
+            Error::Timeout { .. } => 504,
+            Error::Inference(_) | Error::Repository(_) | Error::Internal => 500,
         }
     }
 
@@ -71,6 +87,23 @@ impl Error {
             Error::QueueFull { .. } => "queue_full",
             Error::Inference(_) => "inference_error",
             Error::ShuttingDown => "shutting_down",
+            Error::ModelLoadFailed { .. } => "model_load_failed",
+            Error::Repository(_) => "repository_error",
+            Error::Timeout { .. } => "timeout",
+            Error::Overloaded { .. } => "overloaded",
+            Error::Unauthorized => "unauthorized",
+            Error::Internal => "internal_error",
+        }
+    }
+
+    /// Seconds a client should wait before retrying (`Retry-After`), for load-shedding errors.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Error::QueueFull { retry_after_secs }
+            | Error::Overloaded {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
         }
     }
 
@@ -114,6 +147,18 @@ mod tests {
             },
             Error::Inference("x".into()),
             Error::ShuttingDown,
+            Error::ModelLoadFailed {
+                model: "x".into(),
+                reason: "r".into(),
+            },
+            Error::Repository("x".into()),
+            Error::Timeout { limit_ms: 1 },
+            Error::Overloaded {
+                limit: 1,
+                retry_after_secs: 1,
+            },
+            Error::Unauthorized,
+            Error::Internal,
         ];
         for e in errors {
             assert!(FAILURE_REASONS.contains(&e.code()), "{}", e.code());

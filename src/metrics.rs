@@ -33,6 +33,12 @@ pub const FAILURE_REASONS: &[&str] = &[
     "cancelled",
     "inference_error",
     "shutting_down",
+    "model_load_failed",
+    "repository_error",
+    "timeout",
+    "overloaded",
+    "unauthorized",
+    "internal_error",
 ];
 /// Routes pre-registered at zero so a fresh server already shows their series.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -41,6 +47,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
+    ("POST", "/v2/repository/index"),
+    ("POST", "/v2/repository/models/{model}/load"),
+    ("POST", "/v2/repository/models/{model}/unload"),
 ];
 
 pub struct Metrics {
@@ -53,6 +62,8 @@ pub struct Metrics {
     pub failures: IntCounterVec,
     pub predictions: IntCounterVec,
     pub model_ready: IntGaugeVec,
+    pub model_loads: IntCounterVec,
+    pub requests_in_flight: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -122,6 +133,19 @@ impl Metrics {
             &["model", "version"],
         )
         .expect("valid metric");
+        let model_loads = IntCounterVec::new(
+            Opts::new(
+                "fer_model_loads_total",
+                "Attempts to load a model version (startup, reload, explicit load) by outcome: success or failure",
+            ),
+            &["model", "outcome"],
+        )
+        .expect("valid metric");
+        let requests_in_flight = prometheus::IntGauge::new(
+            "fer_requests_in_flight",
+            "Inference requests admitted and not yet answered",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -131,6 +155,8 @@ impl Metrics {
             Box::new(failures.clone()),
             Box::new(predictions.clone()),
             Box::new(model_ready.clone()),
+            Box::new(model_loads.clone()),
+            Box::new(requests_in_flight.clone()),
         ] {
             registry
                 .register(collector)
@@ -153,6 +179,8 @@ impl Metrics {
             failures,
             predictions,
             model_ready,
+            model_loads,
+            requests_in_flight,
         }
     }
 
@@ -163,6 +191,9 @@ impl Metrics {
         }
         self.batch_size.with_label_values(&[model]);
         self.queue_depth.with_label_values(&[model]);
+        for outcome in ["success", "failure"] {
+            self.model_loads.with_label_values(&[model, outcome]);
+        }
         for label in labels {
             self.predictions.with_label_values(&[model, label.as_str()]);
         }

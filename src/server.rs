@@ -1,4 +1,5 @@
-//! `fer-server serve`: load the repository, warm up, listen, shut down gracefully.
+//! `fer-server serve`: load the repository, warm up, listen, watch the repository, shut down
+//! gracefully.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -6,18 +7,25 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::config::ServeArgs;
+use crate::config::{RepositoryWatch, ServeArgs};
 use crate::core::registry::{ModelRegistry, RegistryOptions};
-use crate::http::{self, AppState, Limits};
+use crate::core::watcher::{RepositoryWatcher, WatchMode, WatchOptions};
+use crate::http::admission::Admission;
+use crate::http::auth::ApiKeys;
+use crate::http::{self, AccessPolicy, AppState, Limits};
 use crate::metrics::Metrics;
 
 /// Everything `serve` needs to run, built before the listener opens.
 pub struct Server {
     pub state: AppState,
+    watch: WatchOptions,
+    models_dir: std::path::PathBuf,
+    drain_timeout: Duration,
 }
 
 impl Server {
-    /// Loads ONNX Runtime and every model (warming each up). Fails if the default model is not ready.
+    /// Loads ONNX Runtime and the repository (warming each version up). Fails if the default model
+    /// is not ready.
     pub fn build(args: &ServeArgs) -> anyhow::Result<Self> {
         if args.decode_threads > 0 {
             // Only the first configuration of the global pool counts; later ones are no-ops.
@@ -26,9 +34,16 @@ impl Server {
                 .thread_name(|i| format!("decode-{i}"))
                 .build_global();
         }
+        let api_keys = ApiKeys::load(&args.access.api_keys, args.access.api_keys_file.as_deref())
+            .map_err(anyhow::Error::msg)?;
+        if let Some(keys) = &api_keys {
+            tracing::info!(keys = keys.len(), "API keys required");
+        }
         let (lib, environment) = fer_contract::onnx::runtime(args.model.ort_dylib.as_deref())?;
         tracing::info!(path = %lib.display(), "ONNX Runtime loaded");
         let metrics = Arc::new(Metrics::new());
+        let lifecycle = &args.lifecycle;
+        let debounce = Duration::from_millis(lifecycle.reload_debounce_ms);
         let options = RegistryOptions {
             models_dir: args.model.models_dir.clone(),
             max_batch_size: args.max_batch_size.max(1),
@@ -37,8 +52,12 @@ impl Server {
             workers: args.workers.max(1),
             intra_op_threads: args.model.intra_threads(args.workers),
             decode_limits: args.model.decode_limits(),
+            version_policy: lifecycle.version_policy.clone(),
+            // At startup nothing is being replaced: load what is there, however fresh.
+            settle: Duration::ZERO,
         };
-        let registry = ModelRegistry::load(&options, environment, &metrics)?;
+        let registry = ModelRegistry::new(options.clone(), environment, Arc::clone(&metrics));
+        registry.reconcile_all()?;
         registry
             .resolve(&args.model.default_model, None)
             .with_context(|| {
@@ -47,6 +66,8 @@ impl Server {
                     args.model.default_model
                 )
             })?;
+        let registry = registry.with_settle(debounce);
+        let admission = &args.admission;
         Ok(Self {
             state: AppState {
                 registry: Arc::new(registry),
@@ -57,24 +78,98 @@ impl Server {
                     max_images: args.max_images.max(1),
                 },
                 shutting_down: Arc::new(AtomicBool::new(false)),
+                admission: Arc::new(Admission::new(
+                    admission.max_concurrent_requests,
+                    Duration::from_millis(admission.request_timeout_ms),
+                )),
+                api_keys: api_keys.map(Arc::new),
+                access: Arc::new(AccessPolicy {
+                    auth_health: args.access.auth_health,
+                    auth_metrics: args.access.auth_metrics,
+                    cors_allow_origins: args.access.cors_allow_origins.clone(),
+                }),
             },
+            watch: WatchOptions {
+                mode: match lifecycle.repository_watch {
+                    RepositoryWatch::Events => WatchMode::Events,
+                    RepositoryWatch::Poll => WatchMode::Poll,
+                    RepositoryWatch::Off => WatchMode::Off,
+                },
+                poll_interval: Duration::from_millis(lifecycle.repository_poll_ms.max(1)),
+                debounce,
+            },
+            models_dir: options.models_dir,
+            drain_timeout: Duration::from_millis(lifecycle.drain_timeout_ms),
         })
     }
 
-    /// Serves until SIGINT/SIGTERM, then lets in-flight requests finish.
+    /// Serves until SIGINT/SIGTERM. Then readiness turns false and new inference requests get
+    /// 503 while the listener stays open; once the admitted requests have finished (or the drain
+    /// timeout passed) the listener closes, open connections finish, and `run` returns.
     pub async fn run(self, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
-        let shutting_down = Arc::clone(&self.state.shutting_down);
+        let state = self.state.clone();
+        let watcher = RepositoryWatcher::start(
+            Arc::clone(&self.state.registry),
+            &self.models_dir,
+            self.watch,
+        );
+        tokio::spawn(rescan_on_sighup(watcher));
         let app = http::router(self.state);
         tracing::info!(address = %listener.local_addr()?, "listening");
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                shutting_down.store(true, Ordering::SeqCst);
-                tracing::info!("shutting down: finishing in-flight requests");
-            })
-            .await?;
+        let drain_timeout = self.drain_timeout;
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let drain = async move {
+            shutdown_signal().await;
+            state.shutting_down.store(true, Ordering::SeqCst);
+            tracing::info!(
+                in_flight = state.admission.in_flight(),
+                "shutting down: new requests get 503, finishing those in flight"
+            );
+            if tokio::time::timeout(drain_timeout, state.admission.drained())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    in_flight = state.admission.in_flight(),
+                    "drain timeout: closing with requests still in flight"
+                );
+            }
+            let _ = stopped_tx.send(());
+        };
+        let serve = axum::serve(listener, app).with_graceful_shutdown(drain);
+        // Connections left open after the drain (a client that never finishes its body) get the
+        // same bound again, then the process exits regardless.
+        let deadline = async move {
+            let _ = stopped_rx.await;
+            tokio::time::sleep(drain_timeout).await;
+        };
+        tokio::select! {
+            result = serve => result?,
+            _ = deadline => tracing::warn!("connections still open after the drain timeout; exiting"),
+        }
+        tracing::info!("stopped");
         Ok(())
     }
+}
+
+#[cfg(unix)]
+async fn rescan_on_sighup(watcher: RepositoryWatcher) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; the repository is rescanned only by the watcher");
+        std::future::pending::<()>().await;
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: rescanning the model repository");
+        watcher.rescan();
+    }
+}
+
+#[cfg(not(unix))]
+async fn rescan_on_sighup(watcher: RepositoryWatcher) {
+    let _watcher = watcher;
+    std::future::pending::<()>().await
 }
 
 async fn shutdown_signal() {

@@ -3,3 +3,4 @@
 pub mod batcher;
 pub mod classify;
 pub mod registry;
+pub mod watcher;

@@ -79,12 +79,14 @@ pub struct ClassifyResponse {
     responses(
         (status = 200, description = "One prediction per image, in input order", body = ClassifyResponse),
         (status = 400, description = "Empty, corrupt or truncated image; malformed body", body = crate::http::error::ErrorBody),
+        (status = 401, description = "API keys are configured and none was given", body = crate::http::error::ErrorBody),
         (status = 404, description = "Unknown model or version", body = crate::http::error::ErrorBody),
         (status = 413, description = "Body over the size limit", body = crate::http::error::ErrorBody),
         (status = 415, description = "Unsupported content type or image format", body = crate::http::error::ErrorBody),
         (status = 422, description = "Image over the pixel limits, or too many images", body = crate::http::error::ErrorBody),
-        (status = 429, description = "Queue full; retry after the Retry-After header's seconds", body = crate::http::error::ErrorBody),
+        (status = 429, description = "Queue full or too many requests in progress; retry after the Retry-After header's seconds", body = crate::http::error::ErrorBody),
         (status = 503, description = "Model not ready, or the server is shutting down", body = crate::http::error::ErrorBody),
+        (status = 504, description = "The request took longer than --request-timeout-ms; its queued work was dropped", body = crate::http::error::ErrorBody),
     )
 )]
 pub async fn classify_handler(

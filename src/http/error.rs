@@ -37,10 +37,15 @@ impl IntoResponse for Error {
             },
         };
         let mut response = (status, Json(body)).into_response();
-        if let Error::QueueFull { retry_after_secs } = self {
+        if let Some(seconds) = self.retry_after_secs() {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Error::Unauthorized = self {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         // Lets the metrics layer count failures by reason without parsing bodies.
         response.extensions_mut().insert(FailureReason(self.code()));

@@ -1,10 +1,13 @@
 //! HTTP transport: routes, state, middleware. Handlers only translate wire format ⇄ core types.
 
+pub mod admission;
+pub mod auth;
 pub mod classify;
 pub mod error;
 pub mod health;
 pub mod models;
 pub mod openapi;
+pub mod repository;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,10 +15,13 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -30,6 +36,15 @@ pub struct Limits {
     pub max_images: usize,
 }
 
+/// Which routes need an API key (when keys are configured) and who else may call.
+#[derive(Debug, Clone, Default)]
+pub struct AccessPolicy {
+    pub auth_health: bool,
+    pub auth_metrics: bool,
+    /// CORS origins; empty: no CORS headers at all.
+    pub cors_allow_origins: Vec<String>,
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Arc<ModelRegistry>,
@@ -37,6 +52,9 @@ pub struct AppState {
     pub default_model: Arc<str>,
     pub limits: Limits,
     pub shutting_down: Arc<AtomicBool>,
+    pub admission: Arc<admission::Admission>,
+    pub api_keys: Option<Arc<auth::ApiKeys>>,
+    pub access: Arc<AccessPolicy>,
 }
 
 impl AppState {
@@ -45,23 +63,95 @@ impl AppState {
     }
 }
 
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.body_limit;
-    Router::new()
+    let keyed = |router: Router<AppState>| {
+        router.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
+    };
+    let inference = Router::new()
         .route("/v1/classify", post(classify::classify_handler))
-        .route("/v1/models", get(models::list_models))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            admission::admit,
+        ));
+    let api = keyed(
+        inference
+            .route("/v1/models", get(models::list_models))
+            .route("/v2/repository/index", post(repository::index))
+            .route("/v2/repository/models/{model}/load", post(repository::load))
+            .route(
+                "/v2/repository/models/{model}/unload",
+                post(repository::unload),
+            ),
+    );
+    let health = Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+        .route("/readyz", get(health::readyz));
+    let health = if state.access.auth_health {
+        keyed(health)
+    } else {
+        health
+    };
+    let metrics = Router::new().route("/metrics", get(health::metrics));
+    let metrics = if state.access.auth_metrics {
+        keyed(metrics)
+    } else {
+        metrics
+    };
+    let mut router = Router::new()
+        .merge(api)
+        .merge(health)
+        .merge(metrics)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
-        ))
-        .layer(TraceLayer::new_for_http())
+        ));
+    if let Some(cors) = cors_layer(&state.access.cors_allow_origins) {
+        router = router.layer(cors);
+    }
+    router
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let id = request
+                .headers()
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
+}
+
+/// CORS for the configured origins (`*`: any); `None` keeps CORS off.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim()).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods(tower_http::cors::Any)
+            .allow_headers(tower_http::cors::Any)
+            .expose_headers([REQUEST_ID, axum::http::header::RETRY_AFTER]),
+    )
 }
 
 /// Counts and times every request by route (the matched pattern, not the raw path) and status,
@@ -91,7 +181,5 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a handler panicked");
-    axum::response::IntoResponse::into_response(crate::error::Error::Inference(
-        "internal error".into(),
-    ))
+    axum::response::IntoResponse::into_response(crate::error::Error::Internal)
 }

@@ -21,7 +21,8 @@ pub struct ModelVersionInfo {
     pub version: u64,
     /// `ready` (loaded, checked, warmed up) or `failed`.
     pub state: String,
-    /// Why the version failed to load.
+    /// Why the version failed to load; for a ready version, why a changed copy of its files
+    /// failed to load (the version keeps serving what it loaded before).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Largest batch the server forms for this version.
@@ -44,17 +45,21 @@ pub async fn list_models(State(state): State<AppState>) -> Json<ModelsResponse> 
     let models = state
         .registry
         .models()
-        .map(|(name, version, s)| {
-            let (state, error, max_batch_size, manifest) = match s {
-                VersionState::Ready(m) => {
-                    ("ready", None, Some(m.max_batch_size), Some(&m.manifest))
-                }
+        .into_iter()
+        .map(|(name, version, entry)| {
+            let (state, error, max_batch_size, manifest) = match &entry.state {
+                VersionState::Ready(m) => (
+                    "ready",
+                    entry.reload_error.clone(),
+                    Some(m.max_batch_size),
+                    Some(&m.manifest),
+                ),
                 VersionState::Failed { manifest, error } => {
                     ("failed", Some(error.clone()), None, manifest.as_deref())
                 }
             };
             ModelVersionInfo {
-                name: name.to_string(),
+                name: name.clone(),
                 version,
                 state: state.to_string(),
                 error,

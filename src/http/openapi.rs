@@ -15,6 +15,9 @@ use utoipa::OpenApi;
         crate::http::health::healthz,
         crate::http::health::readyz,
         crate::http::health::metrics,
+        crate::http::repository::index,
+        crate::http::repository::load,
+        crate::http::repository::unload,
     ),
     components(schemas(
         crate::http::classify::ClassifyJson,
@@ -25,14 +28,42 @@ use utoipa::OpenApi;
         crate::http::models::ModelVersionInfo,
         crate::http::error::ErrorBody,
         crate::http::error::ErrorDetail,
+        crate::http::repository::IndexRequest,
+        crate::http::repository::IndexEntry,
+        crate::http::repository::ModelControlRequest,
+        crate::http::repository::ModelControlResponse,
     )),
+    modifiers(&BearerAuth),
+    security(("api_key" = [])),
     tags(
         (name = "inference", description = "Classify faces"),
         (name = "models", description = "The model repository"),
         (name = "health", description = "Liveness, readiness, metrics"),
+        (name = "repository", description = "Load, reload and unload models (Triton's repository API)"),
     )
 )]
 pub struct ApiDoc;
+
+/// The `Authorization: Bearer <key>` scheme, required when the server has API keys configured.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "Only when the server is started with --api-key or --api-keys-file",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The committed spec, pretty-printed with a trailing newline.
 pub fn spec_json() -> String {

@@ -1,0 +1,129 @@
+//! Loading one version: manifest → ONNX Runtime sessions checked against it → warm-up at every batch
+//! size → inference workers started. Nothing is served from a version until all of this succeeded.
+
+use std::path::{Path, PathBuf};
+
+use fer_contract::{MANIFEST_FILE, MODEL_FILE, Manifest, Preprocessor};
+
+use super::RegistryOptions;
+use crate::backend::{OnnxSession, SessionOptions};
+use crate::core::batcher::{BatchMetrics, BatchPolicy, Batcher, Engine};
+use crate::metrics::Metrics;
+
+/// A version ready to serve. Requests hold it by `Arc`, so a version swapped out keeps serving the
+/// requests already on it; its sessions and threads go when the last of them finishes.
+pub struct LoadedModel {
+    pub manifest: Manifest,
+    pub preprocessor: Preprocessor,
+    pub batcher: Batcher,
+    pub dir: PathBuf,
+    pub max_batch_size: usize,
+}
+
+impl Drop for LoadedModel {
+    fn drop(&mut self) {
+        tracing::info!(
+            model = %self.manifest.name,
+            version = self.manifest.version,
+            "model version retired: no request uses it any more, its sessions are freed"
+        );
+    }
+}
+
+/// Why a version could not be loaded, with its manifest when that much could be read.
+pub type LoadFailure = (Option<Box<Manifest>>, String);
+
+pub fn load_version(
+    name: &str,
+    version: u64,
+    dir: &Path,
+    options: &RegistryOptions,
+    environment: &ort::environment::Environment,
+    metrics: &Metrics,
+) -> Result<LoadedModel, LoadFailure> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let manifest = Manifest::load(&manifest_path).map_err(|e| (None, e.to_string()))?;
+    let fail = |message: String| (Some(Box::new(manifest.clone())), message);
+    if manifest.name != name || manifest.version != version {
+        return Err(fail(format!(
+            "{}: declares {} version {} but lives in {}/{}",
+            manifest_path.display(),
+            manifest.name,
+            manifest.version,
+            name,
+            version
+        )));
+    }
+    let model_path = dir.join(MODEL_FILE);
+    let session_options = SessionOptions {
+        intra_op_threads: options.intra_op_threads,
+    };
+    let mut sessions = Vec::new();
+    let mut fixed_batch = None;
+    for _ in 0..options.workers.max(1) {
+        let (session, shape) =
+            OnnxSession::load(environment, &model_path, &manifest, session_options)
+                .map_err(|e| fail(e.to_string()))?;
+        fixed_batch = shape.fixed_batch;
+        sessions.push(session);
+    }
+    let max_batch_size = fixed_batch.unwrap_or(options.max_batch_size).max(1);
+    let preprocessor = Preprocessor::new(&manifest, options.decode_limits);
+    warm_up(&mut sessions, &preprocessor, max_batch_size, fixed_batch)
+        .map_err(|e| fail(format!("{}: warm-up: {e}", model_path.display())))?;
+    metrics.register_model(name, &manifest.labels);
+    let batch_metrics = BatchMetrics {
+        queue_wait: metrics.stage_duration.with_label_values(&[name, "queue"]),
+        inference: metrics
+            .stage_duration
+            .with_label_values(&[name, "inference"]),
+        batch_size: metrics.batch_size.with_label_values(&[name]),
+        queue_depth: metrics.queue_depth.with_label_values(&[name]),
+        cancelled: metrics.failures.with_label_values(&["cancelled"]),
+    };
+    let policy = BatchPolicy {
+        max_batch_size,
+        max_queue_delay: options.max_queue_delay,
+        queue_capacity: options.queue_capacity,
+        fixed_batch,
+    };
+    let batcher = Batcher::start(
+        &format!("{name}-{version}"),
+        sessions,
+        preprocessor.clone(),
+        manifest.labels.len(),
+        policy,
+        batch_metrics,
+    )
+    .map_err(|e| fail(format!("starting inference workers: {e}")))?;
+    Ok(LoadedModel {
+        manifest,
+        preprocessor,
+        batcher,
+        dir: dir.to_path_buf(),
+        max_batch_size,
+    })
+}
+
+/// Runs a real inference at every batch size the batcher can form, on every session, so the first
+/// requests do not pay for ONNX Runtime's lazy allocations.
+fn warm_up<E: Engine>(
+    sessions: &mut [E],
+    preprocessor: &Preprocessor,
+    max_batch: usize,
+    fixed: Option<usize>,
+) -> Result<(), String> {
+    let row = preprocessor.input_len();
+    let input = vec![0.0f32; max_batch * row];
+    let mut output = Vec::new();
+    for session in sessions {
+        let sizes: Vec<usize> = match fixed {
+            Some(n) => vec![n],
+            None => (1..=max_batch).collect(),
+        };
+        for rows in sizes {
+            session.run(&input[..rows * row], rows, &mut output)?;
+        }
+    }
+    Ok(())
+}

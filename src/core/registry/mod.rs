@@ -1,0 +1,414 @@
+//! The model registry: what the repository `models/<name>/<version>/{model.onnx, manifest.json}`
+//! holds, and which versions serve.
+//!
+//! Requests read an immutable snapshot (`arc-swap`, no lock on the request path). Changes go
+//! through [`ModelRegistry::reconcile_all`] (the watcher, `SIGHUP`, startup) or the explicit
+//! load/unload calls, one at a time: a new or changed version is loaded, checked against its
+//! manifest and warmed up first, and only then swapped in. A version that fails is reported and
+//! the version serving before it stays. A version swapped out finishes the requests already on it
+//! and is freed when the last one completes (see [`LoadedModel`]).
+
+mod loader;
+pub mod policy;
+pub mod scan;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use fer_contract::{DecodeLimits, Manifest};
+
+pub use loader::LoadedModel;
+use loader::load_version;
+use policy::VersionPolicy;
+use scan::{Fingerprint, ModelOnDisk, scan};
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+/// How models are loaded and served (from the server's configuration).
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    pub models_dir: PathBuf,
+    pub max_batch_size: usize,
+    pub max_queue_delay: Duration,
+    pub queue_capacity: usize,
+    /// Inference workers (sessions, each on its own thread) per model version.
+    pub workers: usize,
+    pub intra_op_threads: usize,
+    pub decode_limits: DecodeLimits,
+    /// Versions served per model unless its `serving.json` says otherwise.
+    pub version_policy: VersionPolicy,
+    /// A version whose files changed more recently than this is left alone until they settle.
+    pub settle: Duration,
+}
+
+#[derive(Clone)]
+pub enum VersionState {
+    Ready(Arc<LoadedModel>),
+    Failed {
+        manifest: Option<Box<Manifest>>,
+        error: String,
+    },
+}
+
+/// One version as the registry knows it.
+pub struct VersionEntry {
+    pub state: VersionState,
+    /// A newer copy of this version's files failed to load; the state above still serves.
+    pub reload_error: Option<String>,
+    /// The files last tried: unchanged files are not tried again.
+    attempted: Fingerprint,
+}
+
+impl VersionEntry {
+    pub fn ready(&self) -> Option<&Arc<LoadedModel>> {
+        match &self.state {
+            VersionState::Ready(m) => Some(m),
+            VersionState::Failed { .. } => None,
+        }
+    }
+}
+
+type Versions = BTreeMap<u64, Arc<VersionEntry>>;
+type Snapshot = BTreeMap<String, Versions>;
+
+/// A version in the repository with its state, as `POST /v2/repository/index` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub name: String,
+    pub version: u64,
+    /// `READY`, `UNAVAILABLE` (on disk, not served: policy, failure or unloaded).
+    pub ready: bool,
+    pub reason: String,
+}
+
+/// What a reconcile pass saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReconcileReport {
+    /// Some version's files were still changing: run again after the settle time.
+    pub unsettled: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot read the model repository {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+pub struct ModelRegistry {
+    snapshot: ArcSwap<Snapshot>,
+    /// Serialises changes (loads run under it).
+    changes: Mutex<()>,
+    /// Models unloaded by request: not served again until loaded by request.
+    unloaded: Mutex<BTreeSet<String>>,
+    options: RegistryOptions,
+    environment: &'static ort::environment::Environment,
+    metrics: Arc<Metrics>,
+}
+
+impl ModelRegistry {
+    /// An empty registry; [`Self::reconcile_all`] fills it from the repository.
+    pub fn new(
+        options: RegistryOptions,
+        environment: &'static ort::environment::Environment,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(Snapshot::new()),
+            changes: Mutex::new(()),
+            unloaded: Mutex::new(BTreeSet::new()),
+            options,
+            environment,
+            metrics,
+        }
+    }
+
+    /// The same registry with another settle time (startup loads at once; reloads wait).
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.options.settle = settle;
+        self
+    }
+
+    /// The named version, or the newest ready one.
+    pub fn resolve(&self, name: &str, version: Option<u64>) -> Result<Arc<LoadedModel>, Error> {
+        let snapshot = self.snapshot.load();
+        let versions = snapshot
+            .get(name)
+            .ok_or_else(|| Error::ModelNotFound(name.to_string()))?;
+        let not_ready = |v: u64, entry: &VersionEntry| match &entry.state {
+            VersionState::Failed { error, .. } => Error::ModelNotReady {
+                model: name.to_string(),
+                version: v,
+                reason: error.clone(),
+            },
+            VersionState::Ready(_) => Error::ModelNotFound(name.to_string()),
+        };
+        match version {
+            Some(v) => {
+                let entry = versions.get(&v).ok_or_else(|| Error::VersionNotFound {
+                    model: name.to_string(),
+                    version: v,
+                })?;
+                entry.ready().cloned().ok_or_else(|| not_ready(v, entry))
+            }
+            None => versions
+                .values()
+                .rev()
+                .find_map(|e| e.ready().cloned())
+                .ok_or_else(|| match versions.iter().next_back() {
+                    Some((v, entry)) => not_ready(*v, entry),
+                    None => Error::ModelNotFound(name.to_string()),
+                }),
+        }
+    }
+
+    /// Every model version the registry holds, with its state.
+    pub fn models(&self) -> Vec<(String, u64, Arc<VersionEntry>)> {
+        self.snapshot
+            .load()
+            .iter()
+            .flat_map(|(name, versions)| {
+                versions
+                    .iter()
+                    .map(move |(v, e)| (name.clone(), *v, Arc::clone(e)))
+            })
+            .collect()
+    }
+
+    /// Brings every model in line with the repository. Blocking: loads run on this thread.
+    pub fn reconcile_all(&self) -> Result<ReconcileReport, RegistryError> {
+        let _changing = lock(&self.changes);
+        let on_disk = self.scan()?;
+        let unloaded = {
+            let mut unloaded = lock(&self.unloaded);
+            // A model deleted from disk is forgotten, so that re-creating it loads it again.
+            unloaded.retain(|name| on_disk.contains_key(name));
+            unloaded.clone()
+        };
+        let names: BTreeSet<String> = on_disk
+            .keys()
+            .chain(self.snapshot.load().keys())
+            .cloned()
+            .collect();
+        let mut report = ReconcileReport::default();
+        for name in names {
+            let disk = on_disk.get(&name).filter(|_| !unloaded.contains(&name));
+            report.unsettled |= self.reconcile_model(&name, disk, false);
+        }
+        Ok(report)
+    }
+
+    /// Loads (or reloads) one model now, retrying versions that failed; Triton's
+    /// `POST /v2/repository/models/{m}/load`. Blocking.
+    pub fn load_model(&self, name: &str) -> Result<(), Error> {
+        let _changing = lock(&self.changes);
+        let on_disk = self.scan().map_err(|e| Error::Repository(e.to_string()))?;
+        let disk = on_disk
+            .get(name)
+            .ok_or_else(|| Error::ModelNotFound(name.to_string()))?;
+        lock(&self.unloaded).remove(name);
+        self.reconcile_model(name, Some(disk), true);
+        let snapshot = self.snapshot.load();
+        let versions = snapshot.get(name);
+        if versions.is_some_and(|v| v.values().any(|e| e.ready().is_some())) {
+            return Ok(());
+        }
+        let reasons: Vec<String> = versions
+            .into_iter()
+            .flat_map(|v| v.iter())
+            .filter_map(|(v, e)| match &e.state {
+                VersionState::Failed { error, .. } => Some(format!("version {v}: {error}")),
+                VersionState::Ready(_) => None,
+            })
+            .collect();
+        Err(Error::ModelLoadFailed {
+            model: name.to_string(),
+            reason: if reasons.is_empty() {
+                "no version in the repository matches the version policy".into()
+            } else {
+                reasons.join("; ")
+            },
+        })
+    }
+
+    /// Stops serving a model until it is loaded again; Triton's
+    /// `POST /v2/repository/models/{m}/unload`. Requests already on it finish.
+    pub fn unload_model(&self, name: &str) -> Result<(), Error> {
+        let _changing = lock(&self.changes);
+        let known = self.snapshot.load().contains_key(name);
+        let on_disk = self.scan().map_err(|e| Error::Repository(e.to_string()))?;
+        if !known && !on_disk.contains_key(name) {
+            return Err(Error::ModelNotFound(name.to_string()));
+        }
+        lock(&self.unloaded).insert(name.to_string());
+        self.reconcile_model(name, None, false);
+        tracing::info!(model = %name, "model unloaded by request");
+        Ok(())
+    }
+
+    /// Every version on disk with whether it serves; Triton's `POST /v2/repository/index`.
+    pub fn index(&self) -> Result<Vec<IndexEntry>, Error> {
+        let on_disk = self.scan().map_err(|e| Error::Repository(e.to_string()))?;
+        let snapshot = self.snapshot.load();
+        let unloaded = lock(&self.unloaded).clone();
+        let mut entries = Vec::new();
+        for (name, model) in &on_disk {
+            for version in model.versions.keys() {
+                let entry = snapshot.get(name).and_then(|v| v.get(version));
+                let (ready, reason) = match entry.map(|e| &e.state) {
+                    Some(VersionState::Ready(_)) => (true, String::new()),
+                    Some(VersionState::Failed { error, .. }) => (false, error.clone()),
+                    None if unloaded.contains(name) => (false, "unloaded".into()),
+                    None => (false, "not served: outside the version policy".into()),
+                };
+                entries.push(IndexEntry {
+                    name: name.clone(),
+                    version: *version,
+                    ready,
+                    reason,
+                });
+            }
+        }
+        Ok(entries)
+    }
+
+    fn scan(&self) -> Result<BTreeMap<String, ModelOnDisk>, RegistryError> {
+        let dir = &self.options.models_dir;
+        scan(dir, &self.options.version_policy, self.options.settle).map_err(|source| {
+            RegistryError::Io {
+                path: dir.display().to_string(),
+                source,
+            }
+        })
+    }
+
+    /// Brings one model in line with `disk` (`None`: serve nothing). Returns whether some
+    /// version's files were still changing. The caller holds the `changes` lock.
+    fn reconcile_model(&self, name: &str, disk: Option<&ModelOnDisk>, retry_failed: bool) -> bool {
+        let current: Versions = self.snapshot.load().get(name).cloned().unwrap_or_default();
+        let mut unsettled = false;
+        let mut next = Versions::new();
+        if let Some(disk) = disk {
+            let policy = match &disk.policy {
+                Ok(policy) => policy,
+                Err(error) => {
+                    tracing::error!(model = %name, %error, "unreadable version policy: the model stays as it is");
+                    return false;
+                }
+            };
+            let mut ready = 0;
+            for (&version, on_disk) in disk.versions.iter().rev() {
+                if !policy.admits(version) {
+                    continue;
+                }
+                if policy.ready_limit().is_some_and(|limit| ready >= limit) {
+                    break;
+                }
+                let existing = current.get(&version);
+                let entry = if !on_disk.settled {
+                    unsettled = true;
+                    match existing {
+                        Some(e) => Arc::clone(e),
+                        None => continue,
+                    }
+                } else {
+                    match existing {
+                        Some(e)
+                            if e.attempted == on_disk.fingerprint
+                                && !(retry_failed && e.ready().is_none()) =>
+                        {
+                            Arc::clone(e)
+                        }
+                        _ => Arc::new(self.load(name, version, on_disk, existing)),
+                    }
+                };
+                ready += usize::from(entry.ready().is_some());
+                next.insert(version, entry);
+            }
+        }
+        for (version, entry) in &next {
+            let value = i64::from(entry.ready().is_some());
+            self.metrics
+                .model_ready
+                .with_label_values(&[name, &version.to_string()])
+                .set(value);
+        }
+        for version in current.keys().filter(|v| !next.contains_key(v)) {
+            let _ = self
+                .metrics
+                .model_ready
+                .remove_label_values(&[name, &version.to_string()]);
+            tracing::info!(model = %name, version, "version no longer served; requests already on it finish");
+        }
+        let mut snapshot = Snapshot::clone(&self.snapshot.load());
+        if next.is_empty() {
+            snapshot.remove(name);
+        } else {
+            snapshot.insert(name.to_string(), next);
+        }
+        self.snapshot.store(Arc::new(snapshot));
+        unsettled
+    }
+
+    fn load(
+        &self,
+        name: &str,
+        version: u64,
+        on_disk: &scan::VersionOnDisk,
+        existing: Option<&Arc<VersionEntry>>,
+    ) -> VersionEntry {
+        let attempted = on_disk.fingerprint;
+        let result = load_version(
+            name,
+            version,
+            &on_disk.dir,
+            &self.options,
+            self.environment,
+            &self.metrics,
+        );
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        self.metrics
+            .model_loads
+            .with_label_values(&[name, outcome])
+            .inc();
+        match result {
+            Ok(model) => {
+                tracing::info!(model = %name, version, dir = %on_disk.dir.display(), "model version ready");
+                VersionEntry {
+                    state: VersionState::Ready(Arc::new(model)),
+                    reload_error: None,
+                    attempted,
+                }
+            }
+            Err((manifest, error)) => match existing.and_then(|e| e.ready()) {
+                Some(serving) => {
+                    tracing::error!(model = %name, version, %error, "changed version failed to load; the copy already loaded keeps serving");
+                    VersionEntry {
+                        state: VersionState::Ready(Arc::clone(serving)),
+                        reload_error: Some(error),
+                        attempted,
+                    }
+                }
+                None => {
+                    tracing::error!(model = %name, version, %error, "model version failed to load");
+                    VersionEntry {
+                        state: VersionState::Failed { manifest, error },
+                        reload_error: None,
+                        attempted,
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
