@@ -6,29 +6,15 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{MODEL, Server, ferplus_faces, repo};
+use common::{MODEL, Server, ferplus_faces, repo, write_version};
 use serde_json::Value;
-
-fn shipped() -> std::path::PathBuf {
-    repo().join("models").join(MODEL).join("1")
-}
 
 /// A repository with the shipped model plus a copy whose manifest lies about the label count.
 fn repository_with_a_mismatch(root: &Path) {
-    let good = root.join(MODEL).join("1");
-    std::fs::create_dir_all(&good).unwrap();
-    for f in ["model.onnx", "manifest.json"] {
-        std::fs::copy(shipped().join(f), good.join(f)).unwrap();
-    }
-    let bad = root.join("broken").join("3");
-    std::fs::create_dir_all(&bad).unwrap();
-    std::fs::copy(shipped().join("model.onnx"), bad.join("model.onnx")).unwrap();
-    let mut manifest: Value =
-        serde_json::from_slice(&std::fs::read(shipped().join("manifest.json")).unwrap()).unwrap();
-    manifest["name"] = "broken".into();
-    manifest["version"] = 3.into();
-    manifest["labels"].as_array_mut().unwrap().pop();
-    std::fs::write(bad.join("manifest.json"), manifest.to_string()).unwrap();
+    write_version(root, MODEL, 1, |_| {});
+    write_version(root, "broken", 3, |m| {
+        m["labels"].as_array_mut().unwrap().pop();
+    });
 }
 
 #[tokio::test(flavor = "multi_thread")]

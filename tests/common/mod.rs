@@ -101,6 +101,27 @@ impl Server {
         self.child.id()
     }
 
+    /// Sends a signal (`HUP`, `TERM`, ...) to the server.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the exit status after a signal.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        let status = self.child.wait().expect("wait");
+        std::mem::forget(self);
+        status
+    }
+
+    /// Whether a log line contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -117,6 +138,32 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes `<root>/<name>/<version>/` from the shipped model, its manifest renamed and versioned
+/// and then changed by `edit`; returns the folder.
+pub fn write_version(
+    root: &Path,
+    name: &str,
+    version: u64,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
+    let shipped = repo().join("models").join(MODEL).join("1");
+    let dir = root.join(name).join(version.to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(shipped.join("model.onnx"), dir.join("model.onnx")).unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shipped.join("manifest.json")).unwrap()).unwrap();
+    manifest["name"] = name.into();
+    manifest["version"] = version.into();
+    edit(&mut manifest);
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    dir
+}
+
+/// The shipped model's graph bytes.
+pub fn shipped_graph() -> Vec<u8> {
+    std::fs::read(repo().join("models").join(MODEL).join("1/model.onnx")).unwrap()
 }
 
 /// Minimal blocking GET for readiness polling (status code only).

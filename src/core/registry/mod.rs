@@ -208,7 +208,10 @@ impl ModelRegistry {
     /// `POST /v2/repository/models/{m}/load`. Blocking.
     pub fn load_model(&self, name: &str) -> Result<(), Error> {
         let _changing = lock(&self.changes);
-        let on_disk = self.scan().map_err(|e| Error::Repository(e.to_string()))?;
+        // Asked for explicitly: the caller vouches that the files are complete.
+        let on_disk = self
+            .scan_settled_after(Duration::ZERO)
+            .map_err(|e| Error::Repository(e.to_string()))?;
         let disk = on_disk
             .get(name)
             .ok_or_else(|| Error::ModelNotFound(name.to_string()))?;
@@ -265,7 +268,11 @@ impl ModelRegistry {
                     Some(VersionState::Ready(_)) => (true, String::new()),
                     Some(VersionState::Failed { error, .. }) => (false, error.clone()),
                     None if unloaded.contains(name) => (false, "unloaded".into()),
-                    None => (false, "not served: outside the version policy".into()),
+                    None => (
+                        false,
+                        "not loaded: outside the version policy, or not read since it appeared"
+                            .into(),
+                    ),
                 };
                 entries.push(IndexEntry {
                     name: name.clone(),
@@ -279,12 +286,17 @@ impl ModelRegistry {
     }
 
     fn scan(&self) -> Result<BTreeMap<String, ModelOnDisk>, RegistryError> {
+        self.scan_settled_after(self.options.settle)
+    }
+
+    fn scan_settled_after(
+        &self,
+        settle: Duration,
+    ) -> Result<BTreeMap<String, ModelOnDisk>, RegistryError> {
         let dir = &self.options.models_dir;
-        scan(dir, &self.options.version_policy, self.options.settle).map_err(|source| {
-            RegistryError::Io {
-                path: dir.display().to_string(),
-                source,
-            }
+        scan(dir, &self.options.version_policy, settle).map_err(|source| RegistryError::Io {
+            path: dir.display().to_string(),
+            source,
         })
     }
 
