@@ -44,13 +44,20 @@ pub enum Error {
     Unauthorized,
     #[error("internal error")]
     Internal,
+    #[error("no route for {0}")]
+    RouteNotFound(String),
+    #[error("method not allowed for this route")]
+    MethodNotAllowed,
 }
 
 impl Error {
     /// HTTP status code.
     pub fn status(&self) -> u16 {
         match self {
-            Error::ModelNotFound(_) | Error::VersionNotFound { .. } => 404,
+            Error::ModelNotFound(_) | Error::VersionNotFound { .. } | Error::RouteNotFound(_) => {
+                404
+            }
+            Error::MethodNotAllowed => 405,
             Error::ModelNotReady { .. } | Error::ShuttingDown => 503,
             Error::InvalidImage { source, .. } => match source {
                 ImageError::Empty | ImageError::Corrupt(_) => 400,
@@ -93,6 +100,8 @@ impl Error {
             Error::Overloaded { .. } => "overloaded",
             Error::Unauthorized => "unauthorized",
             Error::Internal => "internal_error",
+            Error::RouteNotFound(_) => "not_found",
+            Error::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -159,6 +168,8 @@ mod tests {
             },
             Error::Unauthorized,
             Error::Internal,
+            Error::RouteNotFound("/x".into()),
+            Error::MethodNotAllowed,
         ];
         for e in errors {
             assert!(FAILURE_REASONS.contains(&e.code()), "{}", e.code());

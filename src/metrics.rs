@@ -39,6 +39,8 @@ pub const FAILURE_REASONS: &[&str] = &[
     "overloaded",
     "unauthorized",
     "internal_error",
+    "not_found",
+    "method_not_allowed",
 ];
 /// Routes pre-registered at zero so a fresh server already shows their series.
 pub const ROUTES: &[(&str, &str)] = &[

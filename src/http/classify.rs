@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::header;
 use base64::Engine as _;
@@ -91,10 +92,12 @@ pub struct ClassifyResponse {
 )]
 pub async fn classify_handler(
     State(state): State<AppState>,
-    Query(query): Query<ClassifyQuery>,
+    query: Result<Query<ClassifyQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Json<ClassifyResponse>, Error> {
     let started = Instant::now();
+    let Query(query) =
+        query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
     let name = query.model.as_deref().unwrap_or(&state.default_model);
     let model = state.registry.resolve(name, query.version)?;
     let images = read_images(&state, request).await?;
@@ -180,7 +183,7 @@ async fn read_images(state: &AppState, request: Request) -> Result<Vec<Bytes>, E
     }
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
     axum::body::to_bytes(body, limit)
         .await
         .map_err(|e| body_error(&e, limit))

@@ -3,6 +3,7 @@
 pub mod admission;
 pub mod auth;
 pub mod classify;
+pub mod drain;
 pub mod error;
 pub mod health;
 pub mod models;
@@ -108,7 +109,13 @@ pub fn router(state: AppState) -> Router {
         .merge(health)
         .merge(metrics)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            drain::drain_unread_body,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
@@ -177,6 +184,14 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
         state.metrics.fail(reason.0);
     }
     response
+}
+
+async fn not_found(uri: axum::http::Uri) -> crate::error::Error {
+    crate::error::Error::RouteNotFound(uri.path().to_string())
+}
+
+async fn method_not_allowed() -> crate::error::Error {
+    crate::error::Error::MethodNotAllowed
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

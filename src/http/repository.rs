@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use crate::core::registry::ModelRegistry;
 use crate::error::Error;
 use crate::http::AppState;
+use crate::http::classify::read_body;
 
 /// `POST /v2/repository/index` body (optional).
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -129,8 +130,9 @@ pub async fn index(
 pub async fn load(
     State(state): State<AppState>,
     Path(model): Path<String>,
-    body: Bytes,
+    request: Request,
 ) -> Result<Json<ModelControlResponse>, Error> {
+    let body = read_body(request.into_body(), state.limits.body_limit).await?;
     control_request(&body)?;
     let name = model.clone();
     blocking(&state.registry, move |r| r.load_model(&name)).await?;
@@ -160,8 +162,9 @@ pub async fn load(
 pub async fn unload(
     State(state): State<AppState>,
     Path(model): Path<String>,
-    body: Bytes,
+    request: Request,
 ) -> Result<Json<ModelControlResponse>, Error> {
+    let body = read_body(request.into_body(), state.limits.body_limit).await?;
     control_request(&body)?;
     let name = model.clone();
     blocking(&state.registry, move |r| r.unload_model(&name)).await?;
