@@ -9,6 +9,8 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod server;

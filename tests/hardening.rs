@@ -32,7 +32,7 @@ fn png_declaring(width: u32, height: u32) -> Vec<u8> {
     {
         use image::ImageEncoder;
         image::codecs::png::PngEncoder::new(&mut png)
-            .write_image(&vec![0u8; 64], 64, 1, image::ExtendedColorType::L8)
+            .write_image(&[0u8; 64], 64, 1, image::ExtendedColorType::L8)
             .unwrap();
     }
     png[16..20].copy_from_slice(&width.to_be_bytes());

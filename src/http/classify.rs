@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::core::classify;
 use crate::error::Error;
-use crate::http::AppState;
+use crate::http::{AppState, Limits};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -100,7 +100,7 @@ pub async fn classify_handler(
         query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
     let name = query.model.as_deref().unwrap_or(&state.default_model);
     let model = state.registry.resolve(name, query.version)?;
-    let images = read_images(&state, request).await?;
+    let images = read_images(state.limits, request).await?;
     if images.is_empty() {
         return Err(Error::BadRequest("the request holds no image".into()));
     }
@@ -134,7 +134,8 @@ pub async fn classify_handler(
 }
 
 /// The encoded images of a request, by content type.
-async fn read_images(state: &AppState, request: Request) -> Result<Vec<Bytes>, Error> {
+/// The request parser: a raw image, multipart `image` parts, or JSON base64, within `limits`.
+pub async fn read_images(limits: Limits, request: Request) -> Result<Vec<Bytes>, Error> {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -147,19 +148,19 @@ async fn read_images(state: &AppState, request: Request) -> Result<Vec<Bytes>, E
         .unwrap_or("")
         .trim()
         .to_string();
-    let limit = state.limits.body_limit;
+    let limit = limits.body_limit;
     if essence.starts_with("image/") || essence == "application/octet-stream" {
         Ok(vec![read_body(request.into_body(), limit).await?])
     } else if essence == "multipart/form-data" {
-        read_multipart(state, request).await
+        read_multipart(limits, request).await
     } else if essence == "application/json" {
         let body = read_body(request.into_body(), limit).await?;
         let json: ClassifyJson = serde_json::from_slice(&body)
             .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))?;
-        if json.images.len() > state.limits.max_images {
+        if json.images.len() > limits.max_images {
             return Err(Error::TooManyImages {
                 count: json.images.len(),
-                limit: state.limits.max_images,
+                limit: limits.max_images,
             });
         }
         json.images
@@ -200,9 +201,9 @@ fn body_error(error: &(dyn std::error::Error + 'static), limit: usize) -> Error 
     Error::BadRequest(format!("cannot read the request body: {error}"))
 }
 
-async fn read_multipart(state: &AppState, request: Request) -> Result<Vec<Bytes>, Error> {
-    let limit = state.limits.body_limit;
-    let mut multipart = Multipart::from_request(request, state)
+async fn read_multipart(limits: Limits, request: Request) -> Result<Vec<Bytes>, Error> {
+    let limit = limits.body_limit;
+    let mut multipart = Multipart::from_request(request, &())
         .await
         .map_err(|e| Error::BadRequest(format!("invalid multipart body: {}", e.body_text())))?;
     let mut images = Vec::new();
@@ -226,10 +227,10 @@ async fn read_multipart(state: &AppState, request: Request) -> Result<Vec<Bytes>
                 "unexpected multipart field {name:?}: send each image as a part named \"image\""
             )));
         }
-        if images.len() == state.limits.max_images {
+        if images.len() == limits.max_images {
             return Err(Error::TooManyImages {
                 count: images.len() + 1,
-                limit: state.limits.max_images,
+                limit: limits.max_images,
             });
         }
         let bytes = field.bytes().await.map_err(|e| {
