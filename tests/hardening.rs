@@ -477,15 +477,22 @@ async fn a_request_over_the_time_limit_gets_504_and_its_queued_work_is_dropped()
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "timeout");
     // The worker wakes up with the batch and skips the abandoned image.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let metrics = c
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let text = c
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("fer_failures_total{reason=\"cancelled\"} 1") || Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         metrics.contains("fer_failures_total{reason=\"cancelled\"} 1"),
         "{metrics}"
