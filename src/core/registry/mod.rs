@@ -424,3 +424,139 @@ impl ModelRegistry {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/ferplus/1")
+    }
+
+    /// `<root>/m/<version>/` from the shipped model; `labels` drops labels to break the manifest.
+    fn version(root: &std::path::Path, version: u64, drop_labels: usize) {
+        let dir = root.join("m").join(version.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(shipped().join("model.onnx"), dir.join("model.onnx")).unwrap();
+        let mut manifest = Manifest::load(&shipped().join("manifest.json")).unwrap();
+        manifest.name = "m".into();
+        manifest.version = version;
+        manifest
+            .labels
+            .truncate(manifest.labels.len() - drop_labels);
+        // Written without validation: a mismatched manifest must reach the loader.
+        std::fs::write(
+            dir.join("manifest.json"),
+            serde_json::to_string(&manifest).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn registry(root: &std::path::Path, policy: &str) -> (ModelRegistry, Arc<Metrics>) {
+        let (_, environment) = fer_contract::onnx::runtime(None).expect("make setup");
+        let metrics = Arc::new(Metrics::new());
+        let options = RegistryOptions {
+            models_dir: root.to_path_buf(),
+            max_batch_size: 2,
+            max_queue_delay: Duration::ZERO,
+            queue_capacity: 8,
+            workers: 1,
+            intra_op_threads: 1,
+            decode_limits: DecodeLimits::default(),
+            version_policy: policy.parse().unwrap(),
+            settle: Duration::ZERO,
+        };
+        (
+            ModelRegistry::new(options, environment, Arc::clone(&metrics)),
+            metrics,
+        )
+    }
+
+    fn states(registry: &ModelRegistry) -> Vec<(u64, bool)> {
+        registry
+            .models()
+            .into_iter()
+            .map(|(_, v, e)| (v, e.ready().is_some()))
+            .collect()
+    }
+
+    fn loads(metrics: &Metrics, outcome: &str) -> u64 {
+        metrics.model_loads.with_label_values(&["m", outcome]).get()
+    }
+
+    #[test]
+    fn latest_n_counts_only_versions_that_load_and_failures_are_not_retried_unchanged() {
+        let root = tempfile::tempdir().unwrap();
+        for v in [1, 2] {
+            version(root.path(), v, 0);
+        }
+        version(root.path(), 3, 1);
+        let (registry, metrics) = registry(root.path(), "latest:2");
+        registry.reconcile_all().unwrap();
+        assert_eq!(
+            states(&registry),
+            [(1, true), (2, true), (3, false)],
+            "3 fails, so 1 and 2 serve"
+        );
+        assert_eq!(registry.resolve("m", None).unwrap().manifest.version, 2);
+        assert!(matches!(
+            registry.resolve("m", Some(3)),
+            Err(Error::ModelNotReady { version: 3, .. })
+        ));
+        assert_eq!(
+            (loads(&metrics, "success"), loads(&metrics, "failure")),
+            (2, 1)
+        );
+
+        registry.reconcile_all().unwrap();
+        assert_eq!(
+            (loads(&metrics, "success"), loads(&metrics, "failure")),
+            (2, 1),
+            "nothing changed on disk: nothing is loaded again"
+        );
+        registry.load_model("m").unwrap();
+        assert_eq!(
+            loads(&metrics, "failure"),
+            2,
+            "an explicit load retries failures"
+        );
+
+        std::fs::remove_dir_all(root.path().join("m/3")).unwrap();
+        version(root.path(), 4, 0);
+        registry.reconcile_all().unwrap();
+        assert_eq!(states(&registry), [(2, true), (4, true)]);
+    }
+
+    #[test]
+    fn specific_versions_unload_and_reload() {
+        let root = tempfile::tempdir().unwrap();
+        for v in [1, 2, 3] {
+            version(root.path(), v, 0);
+        }
+        let (registry, _) = registry(root.path(), "specific:1,3");
+        registry.reconcile_all().unwrap();
+        assert_eq!(states(&registry), [(1, true), (3, true)]);
+
+        let held = registry.resolve("m", Some(3)).unwrap();
+        registry.unload_model("m").unwrap();
+        assert!(matches!(
+            registry.resolve("m", None),
+            Err(Error::ModelNotFound(_))
+        ));
+        assert_eq!(
+            held.manifest.version, 3,
+            "a request holding a version keeps it"
+        );
+        registry.reconcile_all().unwrap();
+        assert!(states(&registry).is_empty(), "unloaded stays unloaded");
+        let index = registry.index().unwrap();
+        assert!(index.iter().all(|e| !e.ready && e.reason == "unloaded"));
+
+        registry.load_model("m").unwrap();
+        assert_eq!(states(&registry), [(1, true), (3, true)]);
+        assert!(matches!(
+            registry.load_model("nope"),
+            Err(Error::ModelNotFound(_))
+        ));
+    }
+}
