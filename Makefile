@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: setup build run test lint bench openapi
+.PHONY: setup build run test lint bench openapi fuzz soak
 
 ## Fetch ONNX Runtime (PyPI wheel) into .ort/lib and build the server in release mode.
 setup:
@@ -16,12 +16,23 @@ run: setup
 	./target/release/fer-server serve $(ARGS)
 
 ## Every check CI runs: formatting, clippy, then all tests of the workspace (release profile: the
-## trainer's tests run burn, which is slow unoptimised, and `make run` shares the build).
+## trainer's tests run burn, which is slow unoptimised, and `make run` shares the build), then the
+## end-to-end tests with real Python clients (tritonclient, installed from PyPI into .venv).
 test:
 	./scripts/setup-ort.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace --release
+	./scripts/python-tests.sh
+
+## Fuzz the decode path and the request parsers (DURATION seconds per target; needs cargo-fuzz).
+DURATION ?= 60
+fuzz:
+	./scripts/fuzz.sh $(DURATION)
+
+## Mixed traffic for DURATION seconds against the real server, reporting its memory (see benches/soak.rs).
+soak:
+	$(CARGO) bench -p fer-server --bench soak -- --seconds $(DURATION)
 
 ## Criterion benchmarks (preprocessing, batch inference vs the raw ort session).
 bench: setup

@@ -44,6 +44,8 @@ pub enum Error {
     Unauthorized,
     #[error("internal error")]
     Internal,
+    #[error("invalid tensor: {0}")]
+    InvalidTensor(String),
     #[error("no route for {0}")]
     RouteNotFound(String),
     #[error("method not allowed for this route")]
@@ -64,7 +66,7 @@ impl Error {
                 ImageError::Unsupported(_) => 415,
                 ImageError::TooLarge { .. } => 422,
             },
-            Error::BadRequest(_) => 400,
+            Error::BadRequest(_) | Error::InvalidTensor(_) => 400,
             Error::UnsupportedMediaType(_) => 415,
             Error::PayloadTooLarge { .. } => 413,
             Error::TooManyImages { .. } => 422,
@@ -101,6 +103,7 @@ impl Error {
             Error::Unauthorized => "unauthorized",
             Error::Internal => "internal_error",
             Error::RouteNotFound(_) => "not_found",
+            Error::InvalidTensor(_) => "invalid_tensor",
             Error::MethodNotAllowed => "method_not_allowed",
         }
     }
@@ -169,6 +172,7 @@ mod tests {
             Error::Unauthorized,
             Error::Internal,
             Error::RouteNotFound("/x".into()),
+            Error::InvalidTensor("x".into()),
             Error::MethodNotAllowed,
         ];
         for e in errors {

@@ -41,6 +41,7 @@ pub const FAILURE_REASONS: &[&str] = &[
     "internal_error",
     "not_found",
     "method_not_allowed",
+    "invalid_tensor",
 ];
 /// Routes pre-registered at zero so a fresh server already shows their series.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -52,6 +53,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v2/repository/index"),
     ("POST", "/v2/repository/models/{model}/load"),
     ("POST", "/v2/repository/models/{model}/unload"),
+    ("GET", "/v2"),
+    ("GET", "/v2/health/live"),
+    ("GET", "/v2/health/ready"),
+    ("GET", "/v2/models/{model}"),
+    ("GET", "/v2/models/{model}/versions/{version}"),
+    ("GET", "/v2/models/{model}/ready"),
+    ("GET", "/v2/models/{model}/versions/{version}/ready"),
+    ("GET", "/v2/models/{model}/config"),
+    ("POST", "/v2/models/{model}/infer"),
+    ("POST", "/v2/models/{model}/versions/{version}/infer"),
 ];
 
 pub struct Metrics {

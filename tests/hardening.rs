@@ -322,6 +322,17 @@ async fn a_corpus_of_bad_inputs_gets_documented_4xx_and_never_a_5xx() {
         },
     ];
     let total = cases.len();
+    let input = {
+        let models: Value = c
+            .get(server.url("/v2/models/ferplus"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        models["inputs"][0]["name"].as_str().unwrap().to_string()
+    };
     for case in cases {
         let response = case
             .request
@@ -345,6 +356,128 @@ async fn a_corpus_of_bad_inputs_gets_documented_4xx_and_never_a_5xx() {
                 .is_some_and(|m| !m.is_empty()),
             "{}: {body}",
             case.name
+        );
+    }
+
+    // KServe v2 inference: wrong shapes, datatypes, sizes and framing. The protocol's error body is
+    // {"error": "<message>"}; the message must say what is wrong.
+    let infer = server.url("/v2/models/ferplus/infer");
+    let v2 = |body: String| {
+        c.post(&infer)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let tensor = |shape: &str, datatype: &str, data: &str| {
+        v2(format!(
+            r#"{{"inputs": [{{"name": "{input}", "shape": {shape}, "datatype": "{datatype}", "data": {data}}}]}}"#
+        ))
+    };
+    let zeros = |n: usize| format!("[{}]", vec!["0"; n].join(","));
+    let binary = |json: &str, tail: &[u8]| {
+        let mut body = json.as_bytes().to_vec();
+        body.extend_from_slice(tail);
+        c.post(&infer)
+            .header("inference-header-content-length", json.len().to_string())
+            .body(body)
+    };
+    let fp32_binary = |size: usize| {
+        format!(
+            r#"{{"inputs": [{{"name": "{input}", "shape": [1, 1, 48, 48], "datatype": "FP32", "parameters": {{"binary_data_size": {size}}}}}]}}"#
+        )
+    };
+    let image = |rest: &str| v2(format!(r#"{{"inputs": [{{"name": "image", {rest}}}]}}"#));
+    let v2_cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        ("wrong spatial shape", tensor("[1, 1, 48, 47]", "FP32", &zeros(2256)), 400, "shape"),
+        ("rank 3", tensor("[1, 48, 48]", "FP32", &zeros(2304)), 400, "shape"),
+        ("zero batch", tensor("[0, 1, 48, 48]", "FP32", "[]"), 400, "shape"),
+        ("negative batch", tensor("[-1, 1, 48, 48]", "FP32", "[]"), 400, "shape"),
+        ("FP16", tensor("[1, 1, 48, 48]", "FP16", &zeros(2304)), 400, "datatype"),
+        ("INT64", tensor("[1, 1, 48, 48]", "INT64", &zeros(2304)), 400, "datatype"),
+        ("too few values", tensor("[1, 1, 48, 48]", "FP32", &zeros(2303)), 400, "2303 were sent"),
+        ("too many values", tensor("[1, 1, 48, 48]", "FP32", &zeros(4608)), 400, "4608 were sent"),
+        ("strings for numbers", tensor("[1, 1, 48, 48]", "FP32", r#"["a"]"#), 400, "not a number"),
+        (
+            "no data",
+            v2(format!(r#"{{"inputs": [{{"name": "{input}", "shape": [1, 1, 48, 48], "datatype": "FP32"}}]}}"#)),
+            400,
+            "neither data",
+        ),
+        ("batch over the image limit", tensor("[65, 1, 48, 48]", "FP32", "[]"), 422, "limit"),
+        (
+            "unknown input",
+            v2(r#"{"inputs": [{"name": "pixels", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}"#.into()),
+            400,
+            "unknown input",
+        ),
+        (
+            "two inputs",
+            v2(format!(
+                r#"{{"inputs": [{{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["x"]}}, {{"name": "{input}", "shape": [1], "datatype": "FP32", "data": [0]}}]}}"#
+            )),
+            400,
+            "exactly one input",
+        ),
+        ("no inputs", v2(r#"{"inputs": []}"#.into()), 400, "exactly one input"),
+        ("image as FP32", image(r#""shape": [1], "datatype": "FP32", "data": [0]"#), 400, "BYTES"),
+        ("image not base64", image(r#""shape": [1], "datatype": "BYTES", "data": ["not base64!"]"#), 400, "base64"),
+        ("image count off its shape", image(r#""shape": [2], "datatype": "BYTES", "data": ["AAAA"]"#), 400, "2 images"),
+        ("image of junk", image(r#""shape": [1], "datatype": "BYTES", "data": ["AAAA"]"#), 415, "format"),
+        (
+            "unknown output",
+            v2(r#"{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["AAAA"]}], "outputs": [{"name": "nope"}]}"#.into()),
+            400,
+            "unknown output",
+        ),
+        ("malformed JSON", v2("{\"inputs\": [".into()), 400, "JSON"),
+        (
+            "header length past the body",
+            c.post(&infer).header("inference-header-content-length", "99").body("{}"),
+            400,
+            "only",
+        ),
+        (
+            "header length not a number",
+            c.post(&infer).header("inference-header-content-length", "ten").body("{}"),
+            400,
+            "byte count",
+        ),
+        ("binary size past the data", binary(&fp32_binary(9216), &[0; 100]), 400, "runs past"),
+        ("binary size not whole floats", binary(&fp32_binary(7), &[0; 7]), 400, "whole number"),
+        ("bytes left over", binary(&fp32_binary(9216), &[0; 9220]), 400, "belong to no input"),
+        (
+            "malformed BYTES element",
+            binary(
+                r#"{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}]}"#,
+                &[200, 0, 0, 0, 1, 2],
+            ),
+            400,
+            "malformed BYTES",
+        ),
+        ("NaN in the tensor", binary(&fp32_binary(9216), &f32::NAN.to_le_bytes().repeat(2304)), 400, "finite"),
+        ("unknown model", c.post(server.url("/v2/models/nope/infer")).body("{}"), 404, "not found"),
+        (
+            "version not a number",
+            c.post(server.url("/v2/models/ferplus/versions/x/infer")).body("{}"),
+            400,
+            "not a number",
+        ),
+    ];
+    let total = total + v2_cases.len();
+    for (name, request, want, words) in v2_cases {
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let status = response.status().as_u16();
+        let body: Value = response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: the error body is not JSON: {e}"));
+        let message = body["error"].as_str().unwrap_or_default();
+        assert_eq!(status, want, "{name}: {body}");
+        assert!(
+            message.contains(words),
+            "{name}: {message:?} does not say {words:?}"
         );
     }
 

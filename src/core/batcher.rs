@@ -49,8 +49,22 @@ pub struct BatchMetrics {
 /// The scores of one image, or why it has none.
 pub type JobResult = Result<Vec<f32>, String>;
 
+/// One image for the model: decoded pixels (normalised by the worker, straight into the batch
+/// buffer), or a row the client already normalised (the raw tensor of the inference protocol).
+pub enum JobInput {
+    Pixels(Pixels),
+    /// Exactly one input row (`channels × height × width` values).
+    Tensor(Vec<f32>),
+}
+
+impl From<Pixels> for JobInput {
+    fn from(pixels: Pixels) -> Self {
+        JobInput::Pixels(pixels)
+    }
+}
+
 struct Job {
-    pixels: Pixels,
+    input: JobInput,
     enqueued: Instant,
     reply: oneshot::Sender<JobResult>,
 }
@@ -59,10 +73,16 @@ struct Job {
 pub enum SubmitError {
     Full,
     Closed,
+    /// A tensor row whose length is not the model's input size.
+    WrongLength {
+        expected: usize,
+        got: usize,
+    },
 }
 
 pub struct Batcher {
     sender: Sender<Job>,
+    row_len: usize,
     depth: Arc<AtomicUsize>,
     metrics: BatchMetrics,
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -80,6 +100,7 @@ impl Batcher {
     ) -> std::io::Result<Self> {
         let (sender, receiver) = crossbeam_channel::bounded(policy.queue_capacity.max(1));
         let depth = Arc::new(AtomicUsize::new(0));
+        let row_len = preprocessor.input_len();
         let preprocessor = Arc::new(preprocessor);
         let mut workers = Vec::new();
         for (i, engine) in engines.into_iter().enumerate() {
@@ -100,17 +121,30 @@ impl Batcher {
         }
         Ok(Self {
             sender,
+            row_len,
             depth,
             metrics,
             workers,
         })
     }
 
-    /// Queues one decoded image; the receiver yields its scores. Dropping the receiver cancels it.
-    pub fn submit(&self, pixels: Pixels) -> Result<oneshot::Receiver<JobResult>, SubmitError> {
+    /// Queues one image; the receiver yields its scores. Dropping the receiver cancels it.
+    pub fn submit(
+        &self,
+        input: impl Into<JobInput>,
+    ) -> Result<oneshot::Receiver<JobResult>, SubmitError> {
+        let input = input.into();
+        if let JobInput::Tensor(row) = &input
+            && row.len() != self.row_len
+        {
+            return Err(SubmitError::WrongLength {
+                expected: self.row_len,
+                got: row.len(),
+            });
+        }
         let (reply, receiver) = oneshot::channel();
         let job = Job {
-            pixels,
+            input,
             enqueued: Instant::now(),
             reply,
         };
@@ -182,7 +216,12 @@ impl<E: Engine> Worker<E> {
                 self.metrics
                     .queue_wait
                     .observe(now.duration_since(job.enqueued).as_secs_f64());
-                self.preprocessor.normalise_into(&job.pixels, dst);
+                match &job.input {
+                    JobInput::Pixels(pixels) => self.preprocessor.normalise_into(pixels, dst),
+                    // `submit` refuses rows of another length.
+                    JobInput::Tensor(row) if row.len() == dst.len() => dst.copy_from_slice(row),
+                    JobInput::Tensor(_) => dst.fill(0.0),
+                }
             }
             let rows = self.policy.fixed_batch.unwrap_or(jobs.len());
             input[jobs.len() * row..rows * row].fill(0.0);
@@ -383,6 +422,23 @@ mod tests {
             "the cancelled image never reached the engine"
         );
         assert_eq!(b.metrics.cancelled.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn takes_normalised_rows_as_they_are_and_refuses_wrong_lengths() {
+        let (b, _) = start(policy(4, 0, 16), None);
+        let row = JobInput::Tensor(vec![1.0, 2.0, 3.0, 6.0]);
+        assert_eq!(
+            b.submit(row).unwrap().await.unwrap().unwrap(),
+            vec![3.0, -3.0]
+        );
+        assert_eq!(
+            b.submit(JobInput::Tensor(vec![1.0; 5])).unwrap_err(),
+            SubmitError::WrongLength {
+                expected: 4,
+                got: 5
+            }
+        );
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use fer_contract::{OutputKind, Pixels};
 use rayon::prelude::*;
 
-use crate::core::batcher::SubmitError;
+use crate::core::batcher::{JobInput, SubmitError};
 use crate::core::registry::LoadedModel;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -53,16 +53,15 @@ pub async fn decode_all(
         .map_err(|_| Error::Inference("the decoder pool stopped".into()))?
 }
 
-/// Classifies decoded images with the model; answers in input order.
-pub async fn classify(
+/// Runs images (decoded, or rows the client normalised) through the model's batcher; the graph's
+/// raw output row per image, in input order.
+pub async fn infer(
     model: &Arc<LoadedModel>,
-    images: Vec<Pixels>,
-    top_k: Option<usize>,
-    metrics: &Metrics,
-) -> Result<Vec<Prediction>, Error> {
-    let mut receivers = Vec::with_capacity(images.len());
-    for pixels in images {
-        match model.batcher.submit(pixels) {
+    inputs: Vec<JobInput>,
+) -> Result<Vec<Vec<f32>>, Error> {
+    let mut receivers = Vec::with_capacity(inputs.len());
+    for (index, input) in inputs.into_iter().enumerate() {
+        match model.batcher.submit(input) {
             Ok(r) => receivers.push(r),
             // Dropping the receivers queued so far cancels them.
             Err(SubmitError::Full) => {
@@ -71,26 +70,58 @@ pub async fn classify(
                 });
             }
             Err(SubmitError::Closed) => return Err(Error::ShuttingDown),
+            Err(SubmitError::WrongLength { expected, got }) => {
+                return Err(Error::InvalidTensor(format!(
+                    "image {index}: {got} values where the model takes {expected}"
+                )));
+            }
         }
     }
-    let labels = &model.manifest.labels;
-    let mut predictions = Vec::with_capacity(receivers.len());
+    let mut outputs = Vec::with_capacity(receivers.len());
     for receiver in receivers {
-        let mut scores = receiver
-            .await
-            .map_err(|_| Error::Inference("inference worker stopped".into()))?
-            .map_err(Error::Inference)?;
-        if model.manifest.output.kind == OutputKind::Logits {
-            fer_contract::softmax_in_place(&mut scores);
-        }
-        let prediction = to_prediction(labels, &scores, top_k);
+        outputs.push(
+            receiver
+                .await
+                .map_err(|_| Error::Inference("inference worker stopped".into()))?
+                .map_err(Error::Inference)?,
+        );
+    }
+    Ok(outputs)
+}
+
+/// Probabilities from a raw output row (a softmax when the graph gives logits); counts the
+/// predicted label.
+pub fn probabilities(model: &LoadedModel, mut scores: Vec<f32>, metrics: &Metrics) -> Vec<f32> {
+    if model.manifest.output.kind == OutputKind::Logits {
+        fer_contract::softmax_in_place(&mut scores);
+    }
+    let best = scores
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i);
+    if let Some(label) = best.and_then(|i| model.manifest.labels.get(i)) {
         metrics
             .predictions
-            .with_label_values(&[model.manifest.name.as_str(), prediction.label.as_str()])
+            .with_label_values(&[model.manifest.name.as_str(), label.as_str()])
             .inc();
-        predictions.push(prediction);
     }
-    Ok(predictions)
+    scores
+}
+
+/// Classifies decoded images with the model; answers in input order.
+pub async fn classify(
+    model: &Arc<LoadedModel>,
+    images: Vec<Pixels>,
+    top_k: Option<usize>,
+    metrics: &Metrics,
+) -> Result<Vec<Prediction>, Error> {
+    let outputs = infer(model, images.into_iter().map(JobInput::from).collect()).await?;
+    let labels = &model.manifest.labels;
+    Ok(outputs
+        .into_iter()
+        .map(|raw| to_prediction(labels, &probabilities(model, raw, metrics), top_k))
+        .collect())
 }
 
 fn to_prediction(labels: &[String], probabilities: &[f32], top_k: Option<usize>) -> Prediction {

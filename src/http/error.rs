@@ -27,8 +27,6 @@ pub struct ErrorDetail {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code().to_string(),
@@ -36,21 +34,30 @@ impl IntoResponse for Error {
                 index: self.image_index(),
             },
         };
-        let mut response = (status, Json(body)).into_response();
-        if let Some(seconds) = self.retry_after_secs() {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        if let Error::Unauthorized = self {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        // Lets the metrics layer count failures by reason without parsing bodies.
-        response.extensions_mut().insert(FailureReason(self.code()));
-        response
+        respond(&self, body)
     }
+}
+
+/// The response for `error` with `body` (each protocol has its own body): status, `Retry-After`,
+/// `WWW-Authenticate`, and the failure reason for the metrics layer.
+pub fn respond(error: &Error, body: impl Serialize) -> Response {
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, Json(body)).into_response();
+    if let Some(seconds) = error.retry_after_secs() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if let Error::Unauthorized = error {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    // Lets the metrics layer count failures by reason without parsing bodies.
+    response
+        .extensions_mut()
+        .insert(FailureReason(error.code()));
+    response
 }
 
 /// The failure code of an error response, for the metrics middleware.

@@ -6,6 +6,7 @@ pub mod classify;
 pub mod drain;
 pub mod error;
 pub mod health;
+pub mod kserve;
 pub mod models;
 pub mod openapi;
 pub mod repository;
@@ -76,6 +77,11 @@ pub fn router(state: AppState) -> Router {
     };
     let inference = Router::new()
         .route("/v1/classify", post(classify::classify_handler))
+        .route("/v2/models/{model}/infer", post(kserve::model_infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(kserve::version_infer),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             admission::admit,
@@ -83,6 +89,18 @@ pub fn router(state: AppState) -> Router {
     let api = keyed(
         inference
             .route("/v1/models", get(models::list_models))
+            .route("/v2", get(kserve::server_metadata))
+            .route("/v2/models/{model}", get(kserve::model_metadata))
+            .route(
+                "/v2/models/{model}/versions/{version}",
+                get(kserve::version_metadata),
+            )
+            .route("/v2/models/{model}/ready", get(kserve::model_ready))
+            .route(
+                "/v2/models/{model}/versions/{version}/ready",
+                get(kserve::version_ready),
+            )
+            .route("/v2/models/{model}/config", get(kserve::model_config))
             .route("/v2/repository/index", post(repository::index))
             .route("/v2/repository/models/{model}/load", post(repository::load))
             .route(
@@ -92,7 +110,9 @@ pub fn router(state: AppState) -> Router {
     );
     let health = Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
+        .route("/readyz", get(health::readyz))
+        .route("/v2/health/live", get(kserve::live))
+        .route("/v2/health/ready", get(kserve::ready));
     let health = if state.access.auth_health {
         keyed(health)
     } else {
