@@ -18,13 +18,29 @@ pub struct LoadedModel {
     pub batcher: Batcher,
     pub dir: PathBuf,
     pub max_batch_size: usize,
+    /// Declared last: dropped after the batcher (its sessions and threads) is gone.
+    _retirement: Retirement,
 }
 
-impl Drop for LoadedModel {
+/// Logs a version's retirement and gives its memory back to the system once its sessions are
+/// freed. Without the trim glibc keeps the freed session memory in its arenas: a 150 s soak with a
+/// hot reload every 5 s ended at 110-141 MiB RSS without it and 73 MiB with it (67 MiB with no
+/// reloads at all).
+struct Retirement {
+    name: String,
+    version: u64,
+}
+
+impl Drop for Retirement {
     fn drop(&mut self) {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         tracing::info!(
-            model = %self.manifest.name,
-            version = self.manifest.version,
+            model = %self.name,
+            version = self.version,
             "model version retired: no request uses it any more, its sessions are freed"
         );
     }
@@ -97,6 +113,10 @@ pub fn load_version(
     )
     .map_err(|e| fail(format!("starting inference workers: {e}")))?;
     Ok(LoadedModel {
+        _retirement: Retirement {
+            name: name.to_string(),
+            version,
+        },
         manifest,
         preprocessor,
         batcher,

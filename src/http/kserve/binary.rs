@@ -55,7 +55,7 @@ impl BinaryReader {
 
 /// Little-endian FP32 values.
 pub fn f32s(bytes: &[u8], name: &str) -> Result<Vec<f32>, Error> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(Error::InvalidTensor(format!(
             "input {name:?}: {} bytes is not a whole number of FP32 values",
             bytes.len()

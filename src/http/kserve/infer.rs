@@ -247,7 +247,7 @@ fn binary_size(input: &InferInput) -> Result<Option<usize>, Error> {
     }
 }
 
-fn json_data<'a>(input: &'a InferInput) -> Result<Vec<&'a Value>, Error> {
+fn json_data(input: &InferInput) -> Result<Vec<&Value>, Error> {
     let data = input.data.as_ref().ok_or_else(|| {
         Error::InvalidTensor(format!(
             "input {:?} has neither data nor binary_data_size",
