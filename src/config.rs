@@ -65,9 +65,13 @@ pub struct ModelArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Address to listen on.
+    /// Address to listen on (HTTP: REST API, KServe v2 REST, metrics, docs).
     #[arg(long, env = "FER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Address for gRPC (KServe v2 `inference.GRPCInferenceService`, `fer.v1.Fer`,
+    /// `grpc.health.v1`).
+    #[arg(long, env = "FER_GRPC_LISTEN", default_value = "127.0.0.1:8081")]
+    pub grpc_listen: SocketAddr,
     /// Most images in one inference batch.
     #[arg(long, env = "FER_MAX_BATCH_SIZE", default_value_t = 32)]
     pub max_batch_size: usize,
@@ -246,6 +250,7 @@ mod tests {
             panic!()
         };
         assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.grpc_listen.to_string(), "127.0.0.1:8081");
         assert_eq!(args.max_queue_delay_ms, 0);
         assert_eq!(args.lifecycle.version_policy, VersionPolicy::Latest(1));
         assert!(args.access.api_keys.is_empty());

@@ -1,4 +1,4 @@
-//! The server's one error type, mapped once to HTTP statuses (here) and, later, gRPC codes.
+//! The server's one error type, mapped once to HTTP statuses and gRPC codes (here).
 
 use fer_contract::ImageError;
 
@@ -76,6 +76,22 @@ impl Error {
             Error::Unauthorized => 401,
             Error::Timeout { .. } => 504,
             Error::Inference(_) | Error::Repository(_) | Error::Internal => 500,
+        }
+    }
+
+    /// gRPC status code (the same cases as [`Self::status`]).
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self.status() {
+            401 => Code::Unauthenticated,
+            404 => Code::NotFound,
+            405 => Code::Unimplemented,
+            413 | 429 => Code::ResourceExhausted,
+            503 => Code::Unavailable,
+            504 => Code::DeadlineExceeded,
+            400 if matches!(self, Error::ModelLoadFailed { .. }) => Code::FailedPrecondition,
+            400..=499 => Code::InvalidArgument,
+            _ => Code::Internal,
         }
     }
 
@@ -178,7 +194,20 @@ mod tests {
         for e in errors {
             assert!(FAILURE_REASONS.contains(&e.code()), "{}", e.code());
             assert!((400..600).contains(&e.status()));
+            let internal = e.grpc_code() == tonic::Code::Internal;
+            assert_eq!(internal, e.status() == 500, "{e}: {:?}", e.grpc_code());
         }
+        assert_eq!(
+            Error::QueueFull {
+                retry_after_secs: 1
+            }
+            .grpc_code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(
+            Error::Timeout { limit_ms: 1 }.grpc_code(),
+            tonic::Code::DeadlineExceeded
+        );
     }
 
     #[test]

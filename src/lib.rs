@@ -11,6 +11,7 @@ pub mod core;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod server;

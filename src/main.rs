@@ -23,8 +23,9 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(args.listen).await?;
-                server.run(listener).await
+                let http = tokio::net::TcpListener::bind(args.listen).await?;
+                let grpc = tokio::net::TcpListener::bind(args.grpc_listen).await?;
+                server.run(http, grpc).await
             })
         }
         Command::Classify(args) => {

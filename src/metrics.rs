@@ -77,7 +77,20 @@ pub struct Metrics {
     pub model_ready: IntGaugeVec,
     pub model_loads: IntCounterVec,
     pub requests_in_flight: prometheus::IntGauge,
+    pub grpc_requests: IntCounterVec,
+    pub grpc_duration: HistogramVec,
 }
+
+/// gRPC methods pre-registered at zero (`StreamFrames.frame` counts each frame of a stream).
+pub const GRPC_METHODS: &[&str] = &[
+    "ModelReady",
+    "ModelMetadata",
+    "ModelInfer",
+    "ModelStreamInfer",
+    "Classify",
+    "StreamFrames",
+    "StreamFrames.frame",
+];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -159,6 +172,23 @@ impl Metrics {
             "Inference requests admitted and not yet answered",
         )
         .expect("valid metric");
+        let grpc_requests = IntCounterVec::new(
+            Opts::new(
+                "fer_grpc_requests_total",
+                "gRPC calls by method and status code",
+            ),
+            &["method", "code"],
+        )
+        .expect("valid metric");
+        let grpc_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "fer_grpc_request_duration_seconds",
+                "gRPC call latency by method and status code (streams: per opened stream, and per frame)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["method", "code"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -170,6 +200,8 @@ impl Metrics {
             Box::new(model_ready.clone()),
             Box::new(model_loads.clone()),
             Box::new(requests_in_flight.clone()),
+            Box::new(grpc_requests.clone()),
+            Box::new(grpc_duration.clone()),
         ] {
             registry
                 .register(collector)
@@ -177,6 +209,10 @@ impl Metrics {
         }
         for reason in FAILURE_REASONS {
             failures.with_label_values(&[*reason]);
+        }
+        for method in GRPC_METHODS {
+            grpc_requests.with_label_values(&[*method, "Ok"]);
+            grpc_duration.with_label_values(&[*method, "Ok"]);
         }
         for (method, route) in ROUTES {
             http_requests.with_label_values(&[*route, *method, "200"]);
@@ -194,6 +230,8 @@ impl Metrics {
             model_ready,
             model_loads,
             requests_in_flight,
+            grpc_requests,
+            grpc_duration,
         }
     }
 

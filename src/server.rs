@@ -10,6 +10,10 @@ use anyhow::Context;
 use crate::config::{RepositoryWatch, ServeArgs};
 use crate::core::registry::{ModelRegistry, RegistryOptions};
 use crate::core::watcher::{RepositoryWatcher, WatchMode, WatchOptions};
+use crate::grpc::fer::FerService;
+use crate::grpc::inference::InferenceService;
+use crate::grpc::proto::fer::v1::fer_server::FerServer;
+use crate::grpc::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::http::admission::Admission;
 use crate::http::auth::ApiKeys;
 use crate::http::{self, AccessPolicy, AppState, Limits};
@@ -103,10 +107,15 @@ impl Server {
         })
     }
 
-    /// Serves until SIGINT/SIGTERM. Then readiness turns false and new inference requests get
-    /// 503 while the listener stays open; once the admitted requests have finished (or the drain
-    /// timeout passed) the listener closes, open connections finish, and `run` returns.
-    pub async fn run(self, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    /// Serves HTTP and gRPC until SIGINT/SIGTERM. Then readiness turns false (HTTP, KServe v2 and
+    /// `grpc.health.v1`) and new inference requests get 503 / UNAVAILABLE while the listeners stay
+    /// open; once the admitted requests have finished (or the drain timeout passed) the listeners
+    /// close, open connections finish, and `run` returns.
+    pub async fn run(
+        self,
+        http_listener: tokio::net::TcpListener,
+        grpc_listener: tokio::net::TcpListener,
+    ) -> anyhow::Result<()> {
         let state = self.state.clone();
         let watcher = RepositoryWatcher::start(
             Arc::clone(&self.state.registry),
@@ -114,11 +123,22 @@ impl Server {
             self.watch,
         );
         tokio::spawn(rescan_on_sighup(watcher));
+        let (health, health_service) = tonic_health::server::health_reporter();
+        tokio::spawn(report_health(self.state.clone(), health));
+        let grpc = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(GrpcInferenceServiceServer::new(InferenceService {
+                state: self.state.clone(),
+            }))
+            .add_service(FerServer::new(FerService {
+                state: self.state.clone(),
+            }));
         let app = http::router(self.state);
-        tracing::info!(address = %listener.local_addr()?, "listening");
+        tracing::info!(address = %http_listener.local_addr()?, "listening");
+        tracing::info!(address = %grpc_listener.local_addr()?, "grpc listening");
         let drain_timeout = self.drain_timeout;
-        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-        let drain = async move {
+        let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
             shutdown_signal().await;
             state.shutting_down.store(true, Ordering::SeqCst);
             tracing::info!(
@@ -134,21 +154,56 @@ impl Server {
                     "drain timeout: closing with requests still in flight"
                 );
             }
-            let _ = stopped_tx.send(());
+            let _ = drained_tx.send(true);
+        });
+        let drained = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|done| *done).await;
         };
-        let serve = axum::serve(listener, app).with_graceful_shutdown(drain);
-        // Connections left open after the drain (a client that never finishes its body) get the
-        // same bound again, then the process exits regardless.
+        let http = axum::serve(http_listener, app)
+            .with_graceful_shutdown(drained(drained_rx.clone()))
+            .into_future();
+        let grpc = grpc.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            drained(drained_rx.clone()),
+        );
+        // Connections left open after the drain (a client that never finishes its body, a stream
+        // that never ends) get the same bound again, then the process exits regardless.
         let deadline = async move {
-            let _ = stopped_rx.await;
+            drained(drained_rx).await;
             tokio::time::sleep(drain_timeout).await;
         };
         tokio::select! {
-            result = serve => result?,
+            (http, grpc) = async { tokio::join!(http, grpc) } => {
+                http?;
+                grpc?;
+            }
             _ = deadline => tracing::warn!("connections still open after the drain timeout; exiting"),
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Keeps `grpc.health.v1` in line with readiness: the server's (`""`) and each service's status is
+/// SERVING while the default model serves and the server is not shutting down.
+async fn report_health(state: AppState, health: tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus;
+    let mut last = None;
+    loop {
+        let ready =
+            !state.shutting_down() && state.registry.resolve(&state.default_model, None).is_ok();
+        if last != Some(ready) {
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            for service in ["", "inference.GRPCInferenceService", "fer.v1.Fer"] {
+                health.set_service_status(service, status).await;
+            }
+            last = Some(ready);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -67,35 +67,50 @@ impl Drop for InFlight<'_> {
     }
 }
 
+impl Admission {
+    /// Runs one inference request under the admission rules (HTTP and gRPC alike).
+    pub async fn run<T>(
+        &self,
+        shutting_down: &std::sync::atomic::AtomicBool,
+        gauge: &prometheus::IntGauge,
+        work: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        // Counted before the shutdown check, so a drain that saw zero cannot miss this request.
+        let _in_flight = InFlight::enter(self, gauge);
+        if shutting_down.load(Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
+        let _permit =
+            match &self.permits {
+                Some(permits) => Some(Arc::clone(permits).try_acquire_owned().map_err(|_| {
+                    Error::Overloaded {
+                        limit: self.limit,
+                        retry_after_secs: 1,
+                    }
+                })?),
+                None => None,
+            };
+        match self.timeout {
+            Some(limit) => tokio::time::timeout(limit, work)
+                .await
+                .unwrap_or(Err(Error::Timeout {
+                    limit_ms: limit.as_millis() as u64,
+                })),
+            None => work.await,
+        }
+    }
+}
+
 /// Middleware for inference routes.
 pub async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let admission = &state.admission;
-    // Counted before the shutdown check, so a drain that saw zero cannot miss this request.
-    let _in_flight = InFlight::enter(admission, &state.metrics.requests_in_flight);
-    if state.shutting_down() {
-        return Error::ShuttingDown.into_response();
-    }
-    let _permit = match &admission.permits {
-        Some(permits) => match Arc::clone(permits).try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                return Error::Overloaded {
-                    limit: admission.limit,
-                    retry_after_secs: 1,
-                }
-                .into_response();
-            }
-        },
-        None => None,
-    };
-    match admission.timeout {
-        Some(limit) => match tokio::time::timeout(limit, next.run(request)).await {
-            Ok(response) => response,
-            Err(_) => Error::Timeout {
-                limit_ms: limit.as_millis() as u64,
-            }
-            .into_response(),
-        },
-        None => next.run(request).await,
-    }
+    let work = async { Ok(next.run(request).await) };
+    state
+        .admission
+        .run(
+            &state.shutting_down,
+            &state.metrics.requests_in_flight,
+            work,
+        )
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }

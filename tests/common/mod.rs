@@ -22,6 +22,8 @@ pub const MODEL: &str = "ferplus";
 pub struct Server {
     child: Child,
     pub base: String,
+    /// `http://host:port` of the gRPC listener.
+    pub grpc: String,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -36,6 +38,8 @@ impl Server {
             .args([
                 "serve",
                 "--listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
                 "127.0.0.1:0",
                 "--log-format",
                 "json",
@@ -57,28 +61,30 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v["fields"]["message"] == "listening"
+                    && let Some(kind @ ("listening" | "grpc listening")) =
+                        v["fields"]["message"].as_str()
                 {
-                    let _ = tx.send(
-                        v["fields"]["address"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string(),
-                    );
+                    let address = v["fields"]["address"].as_str().unwrap_or_default();
+                    let _ = tx.send((kind == "grpc listening", address.to_string()));
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let address = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not start:\n{}", log.lock().unwrap().join("\n"));
+        let (mut http, mut grpc) = (None, None);
+        while http.is_none() || grpc.is_none() {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok((true, address)) => grpc = Some(address),
+                Ok((false, address)) => http = Some(address),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("server did not start:\n{}", log.lock().unwrap().join("\n"));
+                }
             }
-        };
+        }
         let server = Server {
             child,
-            base: format!("http://{address}"),
+            base: format!("http://{}", http.unwrap_or_default()),
+            grpc: format!("http://{}", grpc.unwrap_or_default()),
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -1,79 +1,21 @@
 """tritonclient (HTTP), unchanged, against fer-server: health, metadata, config, inference with
 binary and JSON tensors, both inputs (encoded images and the raw FP32 tensor), classification, errors
-and the repository API. Run by `make test` (scripts/python-tests.sh); FER_SERVER_BIN names the binary."""
+and the repository API."""
 
 import base64
-import json
-import os
-import subprocess
-import tarfile
-import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from conftest import LABELS, clear_faces
 from tritonclient.utils import InferenceServerException
-
-ROOT = Path(__file__).resolve().parents[2]
-LABELS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
-
-
-def clear_faces(count):
-    """FER+ validation faces on which at least 9 of 10 annotators agree, read in place."""
-    votes, images = {}, {}
-    with tarfile.open(ROOT / "../shared/data/ferplus.tar.gz") as archive:
-        for member in archive:
-            if not member.name.startswith("ferplus/valid/"):
-                continue
-            data = archive.extractfile(member).read() if member.isfile() else None
-            if member.name.endswith("label.csv"):
-                for line in data.decode().splitlines():
-                    # name,"(x, y, w, h)",ten vote counts
-                    fields = line.split(",")
-                    try:
-                        counts = [int(v) for v in line.rsplit(")", 1)[1].strip('",').split(",")]
-                    except (ValueError, IndexError):
-                        continue
-                    if len(counts) != 10:
-                        continue
-                    best = max(range(10), key=lambda i: counts[i])
-                    if best < 8 and counts[best] >= 9:
-                        votes[fields[0]] = LABELS[best]
-            elif member.name.endswith(".png"):
-                images[member.name.rsplit("/", 1)[1]] = data
-    faces = [(images[name], label) for name, label in sorted(votes.items()) if name in images]
-    return faces[:count]
 
 
 @pytest.fixture(scope="module")
-def server():
-    binary = os.environ.get("FER_SERVER_BIN", str(ROOT / "target/release/fer-server"))
-    process = subprocess.Popen(
-        [binary, "serve", "--listen", "127.0.0.1:0", "--log-format", "json",
-         "--models-dir", str(ROOT / "models"), "--default-model", "ferplus"],
-        stderr=subprocess.PIPE, text=True)
-    address = None
-    for line in process.stderr:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("fields", {}).get("message") == "listening":
-            address = record["fields"]["address"]
-            break
-    assert address, "the server did not start"
-    threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
-    client = httpclient.InferenceServerClient(url=address)
-    for _ in range(300):
-        try:
-            if client.is_server_ready():
-                break
-        except Exception:
-            pass
-    yield client
-    process.terminate()
-    assert process.wait(timeout=30) == 0
+def server(addresses):
+    client = httpclient.InferenceServerClient(url=addresses["http"])
+    assert client.is_server_ready()
+    return client
 
 
 def preprocess(png):

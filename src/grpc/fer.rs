@@ -1,0 +1,157 @@
+//! `fer.v1.Fer`: classify face crops, and stream video frames. A stream keeps up to
+//! [`STREAM_IN_FLIGHT`] frames in flight, so frames of one stream share inference batches, and
+//! answers them in the order they came.
+
+use std::pin::Pin;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::inference::STREAM_IN_FLIGHT;
+use super::proto::fer::v1 as pb;
+use super::proto::fer::v1::fer_server::Fer;
+use super::{check_key, observe};
+use crate::core::classify::{self, Prediction};
+use crate::error::Error;
+use crate::http::AppState;
+
+pub struct FerService {
+    pub state: AppState,
+}
+
+fn prediction(p: Prediction) -> pb::Prediction {
+    pb::Prediction {
+        label: p.label,
+        confidence: p.confidence,
+        scores: p
+            .scores
+            .into_iter()
+            .map(|(label, probability)| pb::Score { label, probability })
+            .collect(),
+    }
+}
+
+fn top_k(k: u32) -> Option<usize> {
+    (k > 0).then_some(k as usize)
+}
+
+/// Classifies encoded images with the named (or default) model; `(name, version, predictions)`.
+async fn classify_images(
+    state: &AppState,
+    model: &str,
+    version: u64,
+    images: Vec<Bytes>,
+    top: Option<usize>,
+) -> Result<(String, u64, Vec<Prediction>), Error> {
+    let name = if model.is_empty() {
+        &state.default_model
+    } else {
+        model
+    };
+    let model = state
+        .registry
+        .resolve(name, (version > 0).then_some(version))?;
+    if images.is_empty() {
+        return Err(Error::BadRequest("the request holds no image".into()));
+    }
+    if images.len() > state.limits.max_images {
+        return Err(Error::TooManyImages {
+            count: images.len(),
+            limit: state.limits.max_images,
+        });
+    }
+    let work = async {
+        let pixels = classify::decode_all(&model, images, &state.metrics).await?;
+        classify::classify(&model, pixels, top, &state.metrics).await
+    };
+    let predictions = state
+        .admission
+        .run(
+            &state.shutting_down,
+            &state.metrics.requests_in_flight,
+            work,
+        )
+        .await?;
+    Ok((
+        model.manifest.name.clone(),
+        model.manifest.version,
+        predictions,
+    ))
+}
+
+async fn frame_result(state: AppState, frame: pb::Frame) -> pb::FrameResult {
+    let started = Instant::now();
+    let result = classify_images(
+        &state,
+        &frame.model,
+        0,
+        vec![Bytes::from(frame.image)],
+        top_k(frame.top_k),
+    )
+    .await;
+    let mut out = pb::FrameResult {
+        index: frame.index,
+        timestamp: frame.timestamp,
+        ..Default::default()
+    };
+    match observe(&state, "StreamFrames.frame", started, result) {
+        Ok((model, version, mut predictions)) => {
+            out.model = model;
+            out.version = version;
+            out.prediction = predictions.pop().map(prediction);
+        }
+        Err(status) => out.error = status.message().to_string(),
+    }
+    out
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::FrameResult, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Fer for FerService {
+    async fn classify(
+        &self,
+        request: Request<pb::ClassifyRequest>,
+    ) -> Result<Response<pb::ClassifyResponse>, Status> {
+        let started = Instant::now();
+        let result = match check_key(&self.state, &request) {
+            Ok(()) => {
+                let r = request.into_inner();
+                let images = r.images.into_iter().map(Bytes::from).collect();
+                classify_images(&self.state, &r.model, r.version, images, top_k(r.top_k)).await
+            }
+            Err(e) => Err(e),
+        };
+        let (model, version, predictions) = observe(&self.state, "Classify", started, result)?;
+        Ok(Response::new(pb::ClassifyResponse {
+            model,
+            version,
+            results: predictions.into_iter().map(prediction).collect(),
+        }))
+    }
+
+    type StreamFramesStream = FrameStream;
+
+    async fn stream_frames(
+        &self,
+        request: Request<Streaming<pb::Frame>>,
+    ) -> Result<Response<Self::StreamFramesStream>, Status> {
+        observe(
+            &self.state,
+            "StreamFrames",
+            Instant::now(),
+            check_key(&self.state, &request),
+        )?;
+        let state = self.state.clone();
+        let results = request
+            .into_inner()
+            .map(move |frame| {
+                let state = state.clone();
+                async move { Ok(frame_result(state, frame?).await) }
+            })
+            .buffered(STREAM_IN_FLIGHT);
+        Ok(Response::new(Box::pin(results)))
+    }
+}
