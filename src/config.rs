@@ -20,8 +20,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the model repository over HTTP.
-    Serve(ServeArgs),
+    /// Serve the model repository over HTTP and gRPC.
+    Serve(Box<ServeArgs>),
     /// Classify image files offline (no server), printing label and scores per file.
     Classify(ClassifyArgs),
     /// Print (or write) the OpenAPI description of the HTTP API.
@@ -102,6 +102,32 @@ pub struct ServeArgs {
     pub admission: AdmissionArgs,
     #[command(flatten)]
     pub access: AccessArgs,
+    #[command(flatten)]
+    pub detector: DetectorArgs,
+}
+
+/// Face detection for `/v1/analyze` (full photos and frames).
+#[derive(Debug, Clone, Args)]
+pub struct DetectorArgs {
+    /// UltraFace ONNX model (`version-RFB-320.onnx` or `version-RFB-640.onnx`); none: /v1/analyze
+    /// answers 501 `detector_not_configured`.
+    #[arg(long, env = "FER_DETECTOR")]
+    pub detector: Option<PathBuf>,
+    /// Lowest face score kept (a request's `score_threshold` overrides it).
+    #[arg(long, env = "FER_DETECTOR_SCORE_THRESHOLD", default_value_t = 0.7)]
+    pub detector_score_threshold: f32,
+    /// Overlap (IoU) above which the weaker of two face boxes is dropped.
+    #[arg(long, env = "FER_DETECTOR_NMS_IOU", default_value_t = 0.3)]
+    pub detector_nms_iou: f32,
+    /// Smallest face side kept, in pixels (a request's `min_face_size` overrides it).
+    #[arg(long, env = "FER_MIN_FACE_SIZE", default_value_t = 20.0)]
+    pub min_face_size: f32,
+    /// Context added around each face box before classifying it, as a share of the box's side.
+    #[arg(long, env = "FER_FACE_MARGIN", default_value_t = 0.2)]
+    pub face_margin: f32,
+    /// Detector sessions (requests detecting at once).
+    #[arg(long, env = "FER_DETECTOR_SESSIONS", default_value_t = 1)]
+    pub detector_sessions: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

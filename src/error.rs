@@ -44,6 +44,10 @@ pub enum Error {
     Unauthorized,
     #[error("internal error")]
     Internal,
+    #[error(
+        "no face detector is configured: start the server with --detector <UltraFace .onnx> (see the README)"
+    )]
+    DetectorNotConfigured,
     #[error("invalid tensor: {0}")]
     InvalidTensor(String),
     #[error("no route for {0}")]
@@ -60,6 +64,7 @@ impl Error {
                 404
             }
             Error::MethodNotAllowed => 405,
+            Error::DetectorNotConfigured => 501,
             Error::ModelNotReady { .. } | Error::ShuttingDown => 503,
             Error::InvalidImage { source, .. } => match source {
                 ImageError::Empty | ImageError::Corrupt(_) => 400,
@@ -85,7 +90,7 @@ impl Error {
         match self.status() {
             401 => Code::Unauthenticated,
             404 => Code::NotFound,
-            405 => Code::Unimplemented,
+            405 | 501 => Code::Unimplemented,
             413 | 429 => Code::ResourceExhausted,
             503 => Code::Unavailable,
             504 => Code::DeadlineExceeded,
@@ -120,6 +125,7 @@ impl Error {
             Error::Internal => "internal_error",
             Error::RouteNotFound(_) => "not_found",
             Error::InvalidTensor(_) => "invalid_tensor",
+            Error::DetectorNotConfigured => "detector_not_configured",
             Error::MethodNotAllowed => "method_not_allowed",
         }
     }

@@ -18,7 +18,7 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// Processing stages timed per image or per batch.
-pub const STAGES: &[&str] = &["decode", "queue", "inference", "total"];
+pub const STAGES: &[&str] = &["decode", "detect", "queue", "inference", "total"];
 /// Reasons a request or an image failed.
 pub const FAILURE_REASONS: &[&str] = &[
     "bad_request",
@@ -42,10 +42,12 @@ pub const FAILURE_REASONS: &[&str] = &[
     "not_found",
     "method_not_allowed",
     "invalid_tensor",
+    "detector_not_configured",
 ];
 /// Routes pre-registered at zero so a fresh server already shows their series.
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/classify"),
+    ("POST", "/v1/analyze"),
     ("GET", "/v1/models"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -115,7 +117,7 @@ impl Metrics {
         let stage_duration = HistogramVec::new(
             HistogramOpts::new(
                 "fer_stage_duration_seconds",
-                "Time per stage: decode (decode + resize, per image), queue (wait before its batch ran, per image), inference (session run, per batch), total (whole classify call, per request)",
+                "Time per stage: decode (decode + resize, per image), detect (decode + face detection + crops, per photo of /v1/analyze), queue (wait before its batch ran, per image), inference (session run, per batch), total (whole classify call, per request)",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["model", "stage"],

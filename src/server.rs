@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::backend::detector::DetectOptions;
 use crate::config::{RepositoryWatch, ServeArgs};
+use crate::core::analyze::DetectorPool;
 use crate::core::registry::{ModelRegistry, RegistryOptions};
 use crate::core::watcher::{RepositoryWatcher, WatchMode, WatchOptions};
 use crate::grpc::fer::FerService;
@@ -71,6 +73,30 @@ impl Server {
                 )
             })?;
         let registry = registry.with_settle(debounce);
+        let detector = &args.detector;
+        let detectors = match &detector.detector {
+            Some(path) => {
+                let pool = DetectorPool::load(
+                    environment,
+                    path,
+                    detector.detector_sessions,
+                    args.model.intra_threads(args.workers),
+                    DetectOptions {
+                        score_threshold: detector.detector_score_threshold,
+                        nms_iou: detector.detector_nms_iou,
+                        min_face: detector.min_face_size,
+                    },
+                    args.model.decode_limits(),
+                )
+                .with_context(|| format!("loading the face detector {}", path.display()))?;
+                tracing::info!(path = %path.display(), input = ?pool.input_size, "face detector ready");
+                Some(Arc::new(pool))
+            }
+            None => {
+                tracing::info!("no face detector (--detector): /v1/analyze answers 501");
+                None
+            }
+        };
         let admission = &args.admission;
         Ok(Self {
             state: AppState {
@@ -92,6 +118,8 @@ impl Server {
                     auth_metrics: args.access.auth_metrics,
                     cors_allow_origins: args.access.cors_allow_origins.clone(),
                 }),
+                detectors,
+                face_margin: detector.face_margin,
             },
             watch: WatchOptions {
                 mode: match lifecycle.repository_watch {

@@ -8,6 +8,8 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 
+pub mod detector;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("{path}: cannot load the ONNX graph: {message}")]

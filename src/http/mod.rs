@@ -1,6 +1,7 @@
 //! HTTP transport: routes, state, middleware. Handlers only translate wire format ⇄ core types.
 
 pub mod admission;
+pub mod analyze;
 pub mod auth;
 pub mod classify;
 pub mod drain;
@@ -57,6 +58,10 @@ pub struct AppState {
     pub admission: Arc<admission::Admission>,
     pub api_keys: Option<Arc<auth::ApiKeys>>,
     pub access: Arc<AccessPolicy>,
+    /// Face detection for `/v1/analyze`, when configured.
+    pub detectors: Option<Arc<crate::core::analyze::DetectorPool>>,
+    /// Default context around detected faces (`--face-margin`).
+    pub face_margin: f32,
 }
 
 impl AppState {
@@ -77,6 +82,7 @@ pub fn router(state: AppState) -> Router {
     };
     let inference = Router::new()
         .route("/v1/classify", post(classify::classify_handler))
+        .route("/v1/analyze", post(analyze::analyze_handler))
         .route("/v2/models/{model}/infer", post(kserve::model_infer))
         .route(
             "/v2/models/{model}/versions/{version}/infer",

@@ -11,6 +11,7 @@ use utoipa::OpenApi;
     ),
     paths(
         crate::http::classify::classify_handler,
+        crate::http::analyze::analyze_handler,
         crate::http::models::list_models,
         crate::http::health::healthz,
         crate::http::health::readyz,
@@ -34,6 +35,10 @@ use utoipa::OpenApi;
         crate::http::classify::ClassifyResponse,
         crate::http::classify::ClassifyResult,
         crate::http::classify::ModelRef,
+        crate::http::analyze::AnalyzeResponse,
+        crate::http::analyze::AnalyzedImage,
+        crate::http::analyze::AnalyzedFace,
+        crate::http::analyze::FaceBox,
         crate::http::models::ModelsResponse,
         crate::http::models::ModelVersionInfo,
         crate::http::error::ErrorBody,

@@ -101,6 +101,38 @@ impl Pixels {
             data,
         }
     }
+
+    /// The rectangle `x, y, width, height`, clamped to the image (at least 1×1).
+    pub fn crop(&self, x: u32, y: u32, width: u32, height: u32) -> Pixels {
+        let x = x.min(self.width.saturating_sub(1));
+        let y = y.min(self.height.saturating_sub(1));
+        let width = width.clamp(1, self.width - x);
+        let height = height.clamp(1, self.height - y);
+        let c = self.channels.count();
+        let stride = self.width as usize * c;
+        let mut data = Vec::with_capacity(width as usize * height as usize * c);
+        for row in y..y + height {
+            let start = row as usize * stride + x as usize * c;
+            data.extend_from_slice(&self.data[start..start + width as usize * c]);
+        }
+        Pixels::new(width, height, self.channels, data)
+    }
+
+    /// The same image with other channels: RGB to gray by BT.601 luma (as decoding does), gray
+    /// to RGB by repetition.
+    pub fn to_channels(&self, channels: Channels) -> Pixels {
+        let data = match (self.channels, channels) {
+            (from, to) if from == to => self.data.clone(),
+            (Channels::Rgb, Channels::Gray) => self
+                .data
+                .chunks_exact(3)
+                .map(|p| luma(p[0], p[1], p[2]))
+                .collect(),
+            (Channels::Gray, _) => self.data.iter().flat_map(|v| [*v, *v, *v]).collect(),
+            (Channels::Rgb, Channels::Rgb) => self.data.clone(),
+        };
+        Pixels::new(self.width, self.height, channels, data)
+    }
 }
 
 /// The preprocessing a manifest declares, ready to run.
@@ -147,6 +179,12 @@ impl Preprocessor {
     pub fn decode(&self, bytes: &[u8]) -> Result<Pixels, ImageError> {
         let pixels = decode_pixels(bytes, self.channels, &self.limits)?;
         self.resize(&pixels)
+    }
+
+    /// Converts decoded pixels of any channels (a face cropped from a photo) to the model's
+    /// channels and input size.
+    pub fn prepare(&self, pixels: &Pixels) -> Result<Pixels, ImageError> {
+        self.resize(&pixels.to_channels(self.channels))
     }
 
     /// Resizes pixels of the model's channels to the model's input size.
@@ -348,6 +386,18 @@ pub fn resize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crops_clamp_to_the_image_and_gray_is_bt601_luma() {
+        let rgb = Pixels::new(3, 2, Channels::Rgb, (0..18).map(|v| v as u8 * 10).collect());
+        let c = rgb.crop(1, 1, 5, 5);
+        assert_eq!((c.width, c.height), (2, 1));
+        assert_eq!(c.data, [120, 130, 140, 150, 160, 170]);
+        let gray = c.to_channels(Channels::Gray);
+        assert_eq!(gray.data, [luma(120, 130, 140), luma(150, 160, 170)]);
+        assert_eq!(gray.to_channels(Channels::Rgb).data.len(), 6);
+        assert_eq!(rgb.crop(9, 9, 0, 0).data.len(), 3, "at least one pixel");
+    }
     use crate::manifest::tests::sample;
     use image::{GrayImage, ImageEncoder, RgbImage, codecs::png::PngEncoder};
 

@@ -1,0 +1,197 @@
+//! Analysis of full photos and frames: decode at full size → detect faces → crop each face with a
+//! margin → the model's preprocessing → the same batched classification as `classify`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use fer_contract::{DecodeLimits, Pixels};
+
+use crate::backend::detector::{DetectOptions, Detection, FaceDetector};
+use crate::core::classify::{self, Prediction};
+use crate::core::registry::LoadedModel;
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+/// Detector sessions, each used by one request at a time, on blocking threads.
+pub struct DetectorPool {
+    idle: Receiver<FaceDetector>,
+    back: Sender<FaceDetector>,
+    /// The model file's name without extension, e.g. `version-RFB-320`.
+    pub name: String,
+    pub input_size: (u32, u32),
+    pub defaults: DetectOptions,
+    limits: DecodeLimits,
+}
+
+impl DetectorPool {
+    pub fn load(
+        environment: &ort::environment::Environment,
+        path: &Path,
+        sessions: usize,
+        intra_op_threads: usize,
+        defaults: DetectOptions,
+        limits: DecodeLimits,
+    ) -> Result<Self, crate::backend::BackendError> {
+        let (back, idle) = crossbeam_channel::unbounded();
+        let mut input_size = (0, 0);
+        for _ in 0..sessions.max(1) {
+            let detector = FaceDetector::load(environment, path, intra_op_threads)?;
+            input_size = detector.input_size();
+            let _ = back.send(detector);
+        }
+        Ok(Self {
+            idle,
+            back,
+            name: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            input_size,
+            defaults,
+            limits,
+        })
+    }
+
+    /// Decodes one photo and finds its faces (blocking).
+    fn detect(
+        &self,
+        bytes: &[u8],
+        index: usize,
+        options: DetectOptions,
+    ) -> Result<(Pixels, Vec<Detection>), Error> {
+        let image = fer_contract::preprocess::decode_rgb(bytes, &self.limits)
+            .map_err(|source| Error::InvalidImage { index, source })?;
+        let mut detector = self
+            .idle
+            .recv()
+            .map_err(|_| Error::Inference("no face detector session".into()))?;
+        let found = detector.detect(&image, options);
+        let _ = self.back.send(detector);
+        let faces = found.map_err(|e| Error::Inference(e.to_string()))?;
+        Ok((image, faces))
+    }
+}
+
+/// How one request wants faces found and cropped.
+#[derive(Debug, Clone, Copy)]
+pub struct AnalyzeOptions {
+    pub detect: DetectOptions,
+    /// Extra context around each face box, as a share of its larger side on each side.
+    pub margin: f32,
+}
+
+/// A face in a photo and what it shows.
+#[derive(Debug, Clone)]
+pub struct Face {
+    pub detection: Detection,
+    pub prediction: Prediction,
+}
+
+/// One analysed photo.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    pub width: u32,
+    pub height: u32,
+    pub faces: Vec<Face>,
+}
+
+/// The square crop around a face box, grown by `margin`, clamped to the image.
+pub fn crop_box(d: &Detection, margin: f32, width: u32, height: u32) -> (u32, u32, u32, u32) {
+    let side = (d.x1 - d.x0).max(d.y1 - d.y0) * (1.0 + 2.0 * margin.max(0.0));
+    let (cx, cy) = ((d.x0 + d.x1) / 2.0, (d.y0 + d.y1) / 2.0);
+    let x0 = (cx - side / 2.0).clamp(0.0, width as f32);
+    let y0 = (cy - side / 2.0).clamp(0.0, height as f32);
+    let x1 = (cx + side / 2.0).clamp(0.0, width as f32);
+    let y1 = (cy + side / 2.0).clamp(0.0, height as f32);
+    (
+        x0 as u32,
+        y0 as u32,
+        ((x1 - x0).round() as u32).max(1),
+        ((y1 - y0).round() as u32).max(1),
+    )
+}
+
+/// Finds and classifies every face of every image; answers in input order.
+pub async fn analyze(
+    detectors: &Arc<DetectorPool>,
+    model: &Arc<LoadedModel>,
+    images: Vec<Bytes>,
+    options: AnalyzeOptions,
+    top_k: Option<usize>,
+    metrics: &Metrics,
+) -> Result<Vec<Analysis>, Error> {
+    let pool = Arc::clone(detectors);
+    let prepare = Arc::clone(model);
+    let detect_time = metrics
+        .stage_duration
+        .with_label_values(&[model.manifest.name.as_str(), "detect"]);
+    // Decoding, detection and cropping are CPU work: off the async threads.
+    let found = tokio::task::spawn_blocking(move || {
+        images
+            .iter()
+            .enumerate()
+            .map(|(index, bytes)| {
+                let started = Instant::now();
+                let (image, faces) = pool.detect(bytes, index, options.detect)?;
+                detect_time.observe(started.elapsed().as_secs_f64());
+                let crops = faces
+                    .iter()
+                    .map(|d| {
+                        let (x, y, w, h) = crop_box(d, options.margin, image.width, image.height);
+                        prepare
+                            .preprocessor
+                            .prepare(&image.crop(x, y, w, h))
+                            .map_err(|source| Error::InvalidImage { index, source })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((image.width, image.height, faces, crops))
+            })
+            .collect::<Result<Vec<_>, Error>>()
+    })
+    .await
+    .map_err(|_| Error::Internal)??;
+    let crops: Vec<Pixels> = found
+        .iter()
+        .flat_map(|(_, _, _, c)| c.iter().cloned())
+        .collect();
+    let mut predictions = classify::classify(model, crops, top_k, metrics)
+        .await?
+        .into_iter();
+    Ok(found
+        .into_iter()
+        .map(|(width, height, detections, _)| Analysis {
+            width,
+            height,
+            faces: detections
+                .into_iter()
+                .zip(predictions.by_ref())
+                .map(|(detection, prediction)| Face {
+                    detection,
+                    prediction,
+                })
+                .collect(),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crops_are_squares_with_a_margin_clamped_to_the_image() {
+        let d = Detection {
+            x0: 40.0,
+            y0: 50.0,
+            x1: 60.0,
+            y1: 90.0,
+            score: 0.9,
+        };
+        assert_eq!(crop_box(&d, 0.0, 200, 200), (30, 50, 40, 40));
+        assert_eq!(crop_box(&d, 0.25, 200, 200), (20, 40, 60, 60));
+        assert_eq!(crop_box(&d, 1.0, 100, 100), (0, 10, 100, 90));
+    }
+}

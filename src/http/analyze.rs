@@ -1,0 +1,192 @@
+//! `POST /v1/analyze`: photos or video frames in, every face found with its box, detection score,
+//! and expression.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, Request, State};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::backend::detector::DetectOptions;
+use crate::core::analyze::{self, AnalyzeOptions};
+use crate::error::Error;
+use crate::http::AppState;
+use crate::http::classify::{ModelRef, read_images};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AnalyzeQuery {
+    /// Expression model (default: the server's default model).
+    pub model: Option<String>,
+    /// Model version (default: the newest ready version).
+    pub version: Option<u64>,
+    /// Return only the `top_k` best scores per face (default: every label).
+    pub top_k: Option<usize>,
+    /// Lowest face-detection score kept (default: `--detector-score-threshold`).
+    pub score_threshold: Option<f32>,
+    /// Smallest face side kept, in pixels (default: `--min-face-size`).
+    pub min_face_size: Option<f32>,
+    /// Context around each face box before classifying, as a share of its side (default:
+    /// `--face-margin`).
+    pub margin: Option<f32>,
+}
+
+/// A face box in pixels of the original image (EXIF orientation applied).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FaceBox {
+    pub x: f32,
+    pub y: f32,
+    pub width: f32,
+    pub height: f32,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AnalyzedFace {
+    #[serde(rename = "box")]
+    pub bbox: FaceBox,
+    /// Detection score.
+    pub score: f32,
+    pub label: String,
+    pub confidence: f32,
+    pub scores: BTreeMap<String, f32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AnalyzedImage {
+    pub width: u32,
+    pub height: u32,
+    /// Best detection first.
+    pub faces: Vec<AnalyzedFace>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AnalyzeResponse {
+    pub model: ModelRef,
+    /// The face detector (its model file's name).
+    pub detector: String,
+    /// One entry per image, in input order.
+    pub results: Vec<AnalyzedImage>,
+}
+
+/// Find and classify the faces in photos.
+///
+/// The same bodies as `/v1/classify` (raw image, multipart `image` parts, JSON base64), but whole
+/// photos or video frames: each is decoded at full size, faces are detected (UltraFace, with
+/// non-maximum suppression), each face is cropped with a margin and classified like a face crop.
+#[utoipa::path(
+    post,
+    path = "/v1/analyze",
+    tag = "inference",
+    params(AnalyzeQuery),
+    request_body(
+        description = "The photo(s) to analyse",
+        content(
+            (Vec<u8> = "image/*"),
+            (Vec<u8> = "multipart/form-data"),
+            (crate::http::classify::ClassifyJson = "application/json"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "The faces of each image, in input order", body = AnalyzeResponse),
+        (status = 400, description = "Corrupt image, malformed body or query", body = crate::http::error::ErrorBody),
+        (status = 401, description = "API keys are configured and none was given", body = crate::http::error::ErrorBody),
+        (status = 404, description = "Unknown model or version", body = crate::http::error::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = crate::http::error::ErrorBody),
+        (status = 415, description = "Unsupported content type or image format", body = crate::http::error::ErrorBody),
+        (status = 422, description = "Image over the pixel limits, or too many images", body = crate::http::error::ErrorBody),
+        (status = 429, description = "Queue full or too many requests in progress", body = crate::http::error::ErrorBody),
+        (status = 501, description = "No face detector configured (--detector)", body = crate::http::error::ErrorBody),
+        (status = 503, description = "Model not ready, or the server is shutting down", body = crate::http::error::ErrorBody),
+        (status = 504, description = "The request took longer than --request-timeout-ms", body = crate::http::error::ErrorBody),
+    )
+)]
+pub async fn analyze_handler(
+    State(state): State<AppState>,
+    query: Result<Query<AnalyzeQuery>, QueryRejection>,
+    request: Request,
+) -> Result<Json<AnalyzeResponse>, Error> {
+    let started = Instant::now();
+    let Query(query) =
+        query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let detectors = state
+        .detectors
+        .clone()
+        .ok_or(Error::DetectorNotConfigured)?;
+    let name = query.model.as_deref().unwrap_or(&state.default_model);
+    let model = state.registry.resolve(name, query.version)?;
+    let defaults = detectors.defaults;
+    let options = AnalyzeOptions {
+        detect: DetectOptions {
+            score_threshold: query.score_threshold.unwrap_or(defaults.score_threshold),
+            nms_iou: defaults.nms_iou,
+            min_face: query.min_face_size.unwrap_or(defaults.min_face),
+        },
+        margin: query.margin.unwrap_or(state.face_margin),
+    };
+    let valid = |v: f32, range: std::ops::RangeInclusive<f32>| v.is_finite() && range.contains(&v);
+    if !valid(options.detect.score_threshold, 0.0..=1.0)
+        || !valid(options.detect.min_face, 0.0..=1e6)
+        || !valid(options.margin, 0.0..=2.0)
+    {
+        return Err(Error::BadRequest(
+            "score_threshold must be in [0, 1], min_face_size ≥ 0, margin in [0, 2]".into(),
+        ));
+    }
+    let images = read_images(state.limits, request).await?;
+    if images.is_empty() {
+        return Err(Error::BadRequest("the request holds no image".into()));
+    }
+    if images.len() > state.limits.max_images {
+        return Err(Error::TooManyImages {
+            count: images.len(),
+            limit: state.limits.max_images,
+        });
+    }
+    let analyses = analyze::analyze(
+        &detectors,
+        &model,
+        images,
+        options,
+        query.top_k,
+        &state.metrics,
+    )
+    .await?;
+    state
+        .metrics
+        .stage_duration
+        .with_label_values(&[model.manifest.name.as_str(), "total"])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(Json(AnalyzeResponse {
+        model: ModelRef {
+            name: model.manifest.name.clone(),
+            version: model.manifest.version,
+        },
+        detector: detectors.name.clone(),
+        results: analyses
+            .into_iter()
+            .map(|a| AnalyzedImage {
+                width: a.width,
+                height: a.height,
+                faces: a
+                    .faces
+                    .into_iter()
+                    .map(|f| AnalyzedFace {
+                        bbox: FaceBox {
+                            x: f.detection.x0,
+                            y: f.detection.y0,
+                            width: f.detection.x1 - f.detection.x0,
+                            height: f.detection.y1 - f.detection.y0,
+                        },
+                        score: f.detection.score,
+                        label: f.prediction.label,
+                        confidence: f.prediction.confidence,
+                        scores: f.prediction.scores.into_iter().collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }))
+}
