@@ -24,6 +24,9 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Classify image files offline (no server), printing label and scores per file.
     Classify(ClassifyArgs),
+    /// Score a video: per-frame faces and expressions over the gRPC stream (or --local), written
+    /// as a timeline (JSON, CSV) and a plot (SVG).
+    ScoreVideo(Box<ScoreVideoArgs>),
     /// Print (or write) the OpenAPI description of the HTTP API.
     Openapi {
         /// Write to this file instead of standard output.
@@ -228,6 +231,45 @@ pub struct ClassifyArgs {
     /// Scores to print per file (default: all).
     #[arg(long)]
     pub top_k: Option<usize>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ScoreVideoArgs {
+    /// The video (any format the system's ffmpeg reads).
+    pub video: PathBuf,
+    /// Frames scored per second of video.
+    #[arg(long, env = "FER_VIDEO_FPS", default_value_t = 5.0)]
+    pub fps: f64,
+    /// gRPC address of a running fer-server.
+    #[arg(long, env = "FER_GRPC_URL", default_value = "http://127.0.0.1:8081")]
+    pub server: String,
+    /// API key for the server (`Authorization: Bearer`).
+    #[arg(long, env = "FER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Score in this process (no server): needs the model repository, and --detector unless
+    /// --no-detect.
+    #[arg(long, env = "FER_VIDEO_LOCAL")]
+    pub local: bool,
+    /// Each frame is one face crop: classify it whole, without face detection.
+    #[arg(long, env = "FER_VIDEO_NO_DETECT")]
+    pub no_detect: bool,
+    /// Face detector for --local (UltraFace .onnx).
+    #[arg(long, env = "FER_DETECTOR")]
+    pub detector: Option<PathBuf>,
+    /// Temporal smoothing per face track: `none`, `ema:ALPHA` or `mean:N` (frames).
+    #[arg(long, env = "FER_VIDEO_SMOOTH", default_value = "none")]
+    pub smooth: String,
+    /// Model name (default: the server's default model; with --local, --default-model).
+    #[arg(long = "model-name", env = "FER_MODEL")]
+    pub model_name: Option<String>,
+    /// Folder for timeline.json, timeline.csv and timeline.svg (default: `<video>.timeline`).
+    #[arg(long, env = "FER_VIDEO_OUT")]
+    pub out: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, env = "FER_QUIET")]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 impl ModelArgs {

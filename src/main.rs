@@ -3,7 +3,7 @@ use fer_server::config::{Cli, Command, LogFormat};
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,ort=warn".into());
+        .unwrap_or_else(|_| "info,ort=error".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -31,6 +31,10 @@ fn main() -> anyhow::Result<()> {
         Command::Classify(args) => {
             init_logging(LogFormat::Text);
             fer_server::cli::classify::run(&args)
+        }
+        Command::ScoreVideo(args) => {
+            init_logging(LogFormat::Text);
+            fer_server::cli::video::run(&args)
         }
         Command::Openapi { out } => {
             let spec = fer_server::http::openapi::spec_json();

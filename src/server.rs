@@ -155,12 +155,18 @@ impl Server {
         tokio::spawn(report_health(self.state.clone(), health));
         let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(GrpcInferenceServiceServer::new(InferenceService {
-                state: self.state.clone(),
-            }))
-            .add_service(FerServer::new(FerService {
-                state: self.state.clone(),
-            }));
+            .add_service(
+                GrpcInferenceServiceServer::new(InferenceService {
+                    state: self.state.clone(),
+                })
+                .max_decoding_message_size(self.state.limits.body_limit),
+            )
+            .add_service(
+                FerServer::new(FerService {
+                    state: self.state.clone(),
+                })
+                .max_decoding_message_size(self.state.limits.body_limit),
+            );
         let app = http::router(self.state);
         tracing::info!(address = %http_listener.local_addr()?, "listening");
         tracing::info!(address = %grpc_listener.local_addr()?, "grpc listening");

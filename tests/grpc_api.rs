@@ -34,6 +34,7 @@ async fn stream_frames_answers_every_frame_in_order_batched_across_the_stream() 
             },
             model: String::new(),
             top_k: 3,
+            detect: false,
         })
         .collect();
     let response = client

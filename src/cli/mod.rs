@@ -1,3 +1,4 @@
 //! Offline commands of the binary.
 
 pub mod classify;
+pub mod video;

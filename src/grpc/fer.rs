@@ -13,6 +13,7 @@ use super::inference::STREAM_IN_FLIGHT;
 use super::proto::fer::v1 as pb;
 use super::proto::fer::v1::fer_server::Fer;
 use super::{check_key, observe};
+use crate::core::analyze::{self, AnalyzeOptions};
 use crate::core::classify::{self, Prediction};
 use crate::error::Error;
 use crate::http::AppState;
@@ -81,26 +82,84 @@ async fn classify_images(
     ))
 }
 
+/// Finds and classifies the faces of one whole frame.
+async fn analyze_frame(
+    state: &AppState,
+    model: &str,
+    image: Bytes,
+    top: Option<usize>,
+) -> Result<(String, u64, Vec<pb::Face>), Error> {
+    let detectors = state
+        .detectors
+        .clone()
+        .ok_or(Error::DetectorNotConfigured)?;
+    let name = if model.is_empty() {
+        &state.default_model
+    } else {
+        model
+    };
+    let model = state.registry.resolve(name, None)?;
+    let options = AnalyzeOptions {
+        detect: detectors.defaults,
+        margin: state.face_margin,
+    };
+    let work = analyze::analyze(
+        &detectors,
+        &model,
+        vec![image],
+        options,
+        top,
+        &state.metrics,
+    );
+    let mut analyses = state
+        .admission
+        .run(
+            &state.shutting_down,
+            &state.metrics.requests_in_flight,
+            work,
+        )
+        .await?;
+    let faces = analyses
+        .pop()
+        .map(|a| a.faces)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| pb::Face {
+            x: f.detection.x0,
+            y: f.detection.y0,
+            width: f.detection.x1 - f.detection.x0,
+            height: f.detection.y1 - f.detection.y0,
+            score: f.detection.score,
+            prediction: Some(prediction(f.prediction)),
+        })
+        .collect();
+    Ok((model.manifest.name.clone(), model.manifest.version, faces))
+}
+
 async fn frame_result(state: AppState, frame: pb::Frame) -> pb::FrameResult {
     let started = Instant::now();
-    let result = classify_images(
-        &state,
-        &frame.model,
-        0,
-        vec![Bytes::from(frame.image)],
-        top_k(frame.top_k),
-    )
-    .await;
+    let image = Bytes::from(frame.image);
+    let top = top_k(frame.top_k);
+    let result = if frame.detect {
+        analyze_frame(&state, &frame.model, image, top)
+            .await
+            .map(|(model, version, faces)| (model, version, None, faces))
+    } else {
+        classify_images(&state, &frame.model, 0, vec![image], top)
+            .await
+            .map(|(model, version, mut p)| (model, version, p.pop().map(prediction), Vec::new()))
+    };
     let mut out = pb::FrameResult {
         index: frame.index,
         timestamp: frame.timestamp,
         ..Default::default()
     };
     match observe(&state, "StreamFrames.frame", started, result) {
-        Ok((model, version, mut predictions)) => {
+        Ok((model, version, prediction, faces)) => {
             out.model = model;
             out.version = version;
-            out.prediction = predictions.pop().map(prediction);
+            out.prediction = prediction;
+            out.faces = faces;
         }
         Err(status) => out.error = status.message().to_string(),
     }
