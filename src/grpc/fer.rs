@@ -54,15 +54,7 @@ async fn classify_images(
     let model = state
         .registry
         .resolve(name, (version > 0).then_some(version))?;
-    if images.is_empty() {
-        return Err(Error::BadRequest("the request holds no image".into()));
-    }
-    if images.len() > state.limits.max_images {
-        return Err(Error::TooManyImages {
-            count: images.len(),
-            limit: state.limits.max_images,
-        });
-    }
+    state.limits.check_image_count(images.len())?;
     let work = async {
         let pixels = classify::decode_all(&model, images, &state.metrics).await?;
         classify::classify(&model, pixels, top, &state.metrics).await

@@ -136,15 +136,7 @@ pub async fn analyze_handler(
         ));
     }
     let images = read_images(state.limits, request).await?;
-    if images.is_empty() {
-        return Err(Error::BadRequest("the request holds no image".into()));
-    }
-    if images.len() > state.limits.max_images {
-        return Err(Error::TooManyImages {
-            count: images.len(),
-            limit: state.limits.max_images,
-        });
-    }
+    state.limits.check_image_count(images.len())?;
     let analyses = analyze::analyze(
         &detectors,
         &model,

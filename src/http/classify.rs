@@ -101,15 +101,7 @@ pub async fn classify_handler(
     let name = query.model.as_deref().unwrap_or(&state.default_model);
     let model = state.registry.resolve(name, query.version)?;
     let images = read_images(state.limits, request).await?;
-    if images.is_empty() {
-        return Err(Error::BadRequest("the request holds no image".into()));
-    }
-    if images.len() > state.limits.max_images {
-        return Err(Error::TooManyImages {
-            count: images.len(),
-            limit: state.limits.max_images,
-        });
-    }
+    state.limits.check_image_count(images.len())?;
     let pixels = classify::decode_all(&model, images, &state.metrics).await?;
     let predictions = classify::classify(&model, pixels, query.top_k, &state.metrics).await?;
     state

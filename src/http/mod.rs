@@ -39,6 +39,23 @@ pub struct Limits {
     pub max_images: usize,
 }
 
+impl Limits {
+    /// A request must hold at least one image and at most `max_images`.
+    pub fn check_image_count(&self, count: usize) -> Result<(), crate::error::Error> {
+        use crate::error::Error;
+        if count == 0 {
+            return Err(Error::BadRequest("the request holds no image".into()));
+        }
+        if count > self.max_images {
+            return Err(Error::TooManyImages {
+                count,
+                limit: self.max_images,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Which routes need an API key (when keys are configured) and who else may call.
 #[derive(Debug, Clone, Default)]
 pub struct AccessPolicy {
