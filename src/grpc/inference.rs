@@ -326,3 +326,74 @@ impl GrpcInferenceService for InferenceService {
 
 /// Requests of one stream processed at once.
 pub const STREAM_IN_FLIGHT: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(
+        name: &str,
+        datatype: &str,
+        contents: Option<pb::InferTensorContents>,
+    ) -> pb::model_infer_request::InferInputTensor {
+        pb::model_infer_request::InferInputTensor {
+            name: name.into(),
+            datatype: datatype.into(),
+            shape: vec![2],
+            parameters: Default::default(),
+            contents,
+        }
+    }
+
+    #[test]
+    fn typed_contents_become_the_binary_section_in_input_order() {
+        let request = pb::ModelInferRequest {
+            model_name: "m".into(),
+            inputs: vec![
+                input(
+                    "x",
+                    "FP32",
+                    Some(pb::InferTensorContents {
+                        fp32_contents: vec![1.0, -2.5],
+                        ..Default::default()
+                    }),
+                ),
+                input(
+                    "image",
+                    "BYTES",
+                    Some(pb::InferTensorContents {
+                        bytes_contents: vec![b"ab".to_vec(), b"c".to_vec()],
+                        ..Default::default()
+                    }),
+                ),
+                input("empty", "FP32", None),
+            ],
+            id: "7".into(),
+            ..Default::default()
+        };
+        let (rest, binary) = to_rest(request).unwrap();
+        assert_eq!(rest.id.as_deref(), Some("7"));
+        assert_eq!(rest.parameters["binary_data_output"], json!(true));
+        let sizes: Vec<Option<u64>> = rest
+            .inputs
+            .iter()
+            .map(|i| i.parameters.get("binary_data_size").and_then(Value::as_u64))
+            .collect();
+        assert_eq!(sizes, [Some(8), Some(4 + 2 + 4 + 1), None]);
+        let mut want = Vec::new();
+        want.extend(1.0f32.to_le_bytes());
+        want.extend((-2.5f32).to_le_bytes());
+        want.extend(encode_elements([b"ab".as_slice(), b"c"]));
+        assert_eq!(&binary[..], &want[..]);
+    }
+
+    #[test]
+    fn raw_contents_must_match_the_inputs() {
+        let request = pb::ModelInferRequest {
+            inputs: vec![input("x", "FP32", None), input("y", "FP32", None)],
+            raw_input_contents: vec![vec![0; 4]],
+            ..Default::default()
+        };
+        assert!(matches!(to_rest(request), Err(Error::InvalidTensor(_))));
+    }
+}
