@@ -153,7 +153,11 @@ impl Server {
         tokio::spawn(rescan_on_sighup(watcher));
         let (health, health_service) = tonic_health::server::health_reporter();
         tokio::spawn(report_health(self.state.clone(), health));
+        // Large flow-control windows: frames of a video stream are hundreds of kilobytes each, and
+        // HTTP/2's default 64 KiB window made the stream wait on window updates.
         let grpc = tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20))
             .add_service(health_service)
             .add_service(
                 GrpcInferenceServiceServer::new(InferenceService {

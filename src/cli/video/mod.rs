@@ -205,6 +205,8 @@ async fn remote(
 ) -> anyhow::Result<impl Stream<Item = anyhow::Result<Scored>> + use<>> {
     let channel = tonic::transport::Endpoint::from_shared(args.server.clone())?
         .connect_timeout(Duration::from_secs(10))
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
         .connect()
         .await
         .with_context(|| format!("connecting to {}", args.server))?;
