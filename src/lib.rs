@@ -4,6 +4,7 @@
 //! registry) → `backend` (ONNX Runtime) → `fer_contract` (manifest and preprocessing, shared with
 //! the trainer). See `../shared/ARCHITECTURE.md` and the README.
 
+pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod config;
@@ -15,3 +16,4 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod server;
+pub mod state;

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::auth::ApiKeys;
 use crate::backend::detector::DetectOptions;
 use crate::config::{RepositoryWatch, ServeArgs};
+use crate::core::admission::Admission;
 use crate::core::analyze::DetectorPool;
 use crate::core::registry::{ModelRegistry, RegistryOptions};
 use crate::core::watcher::{RepositoryWatcher, WatchMode, WatchOptions};
@@ -16,8 +18,6 @@ use crate::grpc::fer::FerService;
 use crate::grpc::inference::InferenceService;
 use crate::grpc::proto::fer::v1::fer_server::FerServer;
 use crate::grpc::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
-use crate::http::admission::Admission;
-use crate::http::auth::ApiKeys;
 use crate::http::{self, AccessPolicy, AppState, Limits};
 use crate::metrics::Metrics;
 

@@ -1,5 +1,6 @@
 //! Use cases and their machinery: batching, the model registry, classification.
 
+pub mod admission;
 pub mod analyze;
 pub mod batcher;
 pub mod classify;

@@ -16,7 +16,7 @@ use super::{check_key, observe};
 use crate::core::analyze::{self, AnalyzeOptions};
 use crate::core::classify::{self, Prediction};
 use crate::error::Error;
-use crate::http::AppState;
+use crate::state::AppState;
 
 pub struct FerService {
     pub state: AppState,

@@ -16,10 +16,10 @@ use super::proto::inference as pb;
 use super::proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use super::{check_key, observe};
 use crate::error::Error;
-use crate::http::AppState;
 use crate::http::kserve::binary::encode_elements;
 use crate::http::kserve::infer::{IMAGE_INPUT, PROBABILITIES_OUTPUT, infer};
 use crate::http::kserve::types::{InferInput, InferRequest, RequestedOutput};
+use crate::state::AppState;
 
 pub struct InferenceService {
     pub state: AppState,

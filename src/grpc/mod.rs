@@ -9,7 +9,7 @@ pub mod inference;
 use std::time::Instant;
 
 use crate::error::Error;
-use crate::http::AppState;
+use crate::state::AppState;
 
 /// The generated protocol types and services.
 pub mod proto {
