@@ -24,7 +24,7 @@ test:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace --release
-	./scripts/python-tests.sh
+	FER_SERVER_BIN=target/release/fer-server ./scripts/python-tests.sh
 
 ## Fuzz the decode path and the request parsers (DURATION seconds per target; needs cargo-fuzz).
 DURATION ?= 60

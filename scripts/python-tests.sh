@@ -5,5 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
-cargo build --release -p fer-server
-FER_SERVER_BIN=target/release/fer-server .venv/bin/python -m pytest -q tests/python
+# `make test` passes the binary its `cargo test --release` just built; alone, build it here.
+if [ -z "${FER_SERVER_BIN:-}" ]; then
+    cargo build --release -p fer-server
+    export FER_SERVER_BIN=target/release/fer-server
+fi
+.venv/bin/python -m pytest -q tests/python
