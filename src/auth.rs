@@ -57,6 +57,12 @@ impl ApiKeys {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value (HTTP header or gRPC metadata).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }

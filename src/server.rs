@@ -228,8 +228,7 @@ async fn report_health(state: AppState, health: tonic_health::server::HealthRepo
     use tonic_health::ServingStatus;
     let mut last = None;
     loop {
-        let ready =
-            !state.shutting_down() && state.registry.resolve(&state.default_model, None).is_ok();
+        let ready = state.readiness().is_ok();
         if last != Some(ready) {
             let status = if ready {
                 ServingStatus::Serving

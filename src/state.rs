@@ -62,4 +62,13 @@ impl AppState {
     pub fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
+
+    /// Ready to serve: not shutting down, and the default model has a ready version. One answer
+    /// for `/readyz`, `/v2/health/ready`, gRPC `ServerReady` and `grpc.health.v1`.
+    pub fn readiness(&self) -> Result<(), crate::error::Error> {
+        if self.shutting_down() {
+            return Err(crate::error::Error::ShuttingDown);
+        }
+        self.registry.resolve(&self.default_model, None).map(|_| ())
+    }
 }

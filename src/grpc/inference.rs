@@ -18,20 +18,12 @@ use super::{check_key, observe};
 use crate::error::Error;
 use crate::http::kserve::binary::encode_elements;
 use crate::http::kserve::infer::{IMAGE_INPUT, PROBABILITIES_OUTPUT, infer};
+use crate::http::kserve::parse_version;
 use crate::http::kserve::types::{InferInput, InferRequest, RequestedOutput};
 use crate::state::AppState;
 
 pub struct InferenceService {
     pub state: AppState,
-}
-
-fn version_of(text: &str) -> Result<Option<u64>, Error> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    text.parse()
-        .map(Some)
-        .map_err(|_| Error::BadRequest(format!("model version {text:?} is not a number")))
 }
 
 fn parameter(p: &pb::InferParameter) -> Value {
@@ -125,7 +117,7 @@ async fn model_infer(
     state: &AppState,
     request: pb::ModelInferRequest,
 ) -> Result<pb::ModelInferResponse, Error> {
-    let version = version_of(&request.model_version)?;
+    let version = parse_version(&request.model_version)?;
     let model = state.registry.resolve(&request.model_name, version)?;
     let (rest, binary) = to_rest(request)?;
     let work = infer(&model, rest, binary, state.limits, &state.metrics);
@@ -183,8 +175,7 @@ impl GrpcInferenceService for InferenceService {
         _: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
         let state = &self.state;
-        let ready =
-            !state.shutting_down() && state.registry.resolve(&state.default_model, None).is_ok();
+        let ready = state.readiness().is_ok();
         Ok(Response::new(pb::ServerReadyResponse { ready }))
     }
 
@@ -195,7 +186,7 @@ impl GrpcInferenceService for InferenceService {
         let started = Instant::now();
         let result = check_key(&self.state, &request).and_then(|()| {
             let r = request.into_inner();
-            let version = version_of(&r.version)?;
+            let version = parse_version(&r.version)?;
             Ok(self.state.registry.resolve(&r.name, version).is_ok())
         });
         let ready = observe(&self.state, "ModelReady", started, result)?;
@@ -225,7 +216,7 @@ impl GrpcInferenceService for InferenceService {
             let model = self
                 .state
                 .registry
-                .resolve(&r.name, version_of(&r.version)?)?;
+                .resolve(&r.name, parse_version(&r.version)?)?;
             let m = &model.manifest;
             let tensor = |name: &str, datatype: &str, shape: Vec<i64>| {
                 pb::model_metadata_response::TensorMetadata {

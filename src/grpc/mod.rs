@@ -63,9 +63,7 @@ pub fn check_key<T>(state: &AppState, request: &tonic::Request<T>) -> Result<(),
         .metadata()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
+        .and_then(crate::auth::bearer_token);
     match token {
         Some(token) if keys.verify(token) => Ok(()),
         _ => Err(Error::Unauthorized),

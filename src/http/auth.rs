@@ -16,8 +16,7 @@ fn bearer(request: &Request) -> Option<&str> {
         .get(header::AUTHORIZATION)?
         .to_str()
         .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    crate::auth::bearer_token(value)
 }
 
 /// Middleware: 401 without a valid key, when keys are configured.

@@ -23,9 +23,11 @@ pub async fn healthz() -> &'static str {
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.registry.resolve(&state.default_model, None) {
-        Ok(_) if !state.shutting_down() => (StatusCode::OK, "ready".to_string()),
-        Ok(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string()),
+    match state.readiness() {
+        Ok(()) => (StatusCode::OK, "ready".to_string()),
+        Err(crate::error::Error::ShuttingDown) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string())
+        }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")),
     }
 }

@@ -66,15 +66,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(|_| Error::Internal)?
 }
 
-fn ready_versions(registry: &ModelRegistry, name: &str) -> Vec<u64> {
-    registry
-        .models()
-        .into_iter()
-        .filter(|(n, _, e)| n == name && e.ready().is_some())
-        .map(|(_, v, _)| v)
-        .collect()
-}
-
 /// List the repository.
 ///
 /// Every version folder on disk, with whether it serves and, if not, why.
@@ -137,7 +128,7 @@ pub async fn load(
     let name = model.clone();
     blocking(&state.registry, move |r| r.load_model(&name)).await?;
     Ok(Json(ModelControlResponse {
-        ready_versions: ready_versions(&state.registry, &model),
+        ready_versions: state.registry.ready_versions(&model),
         name: model,
     }))
 }

@@ -181,6 +181,21 @@ impl ModelRegistry {
             .collect()
     }
 
+    /// The versions of `name` that serve now, oldest first.
+    pub fn ready_versions(&self, name: &str) -> Vec<u64> {
+        self.snapshot
+            .load()
+            .get(name)
+            .map(|versions| {
+                versions
+                    .iter()
+                    .filter(|(_, e)| e.ready().is_some())
+                    .map(|(v, _)| *v)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Brings every model in line with the repository. Blocking: loads run on this thread.
     pub fn reconcile_all(&self) -> Result<ReconcileReport, RegistryError> {
         let _changing = lock(&self.changes);

@@ -53,8 +53,13 @@ fn not_ready(reason: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(V2ErrorBody { error: reason })).into_response()
 }
 
-fn version_number(text: &str) -> Result<u64, Error> {
+/// A protocol model version: a number, or empty for the newest ready one (REST and gRPC).
+pub fn parse_version(text: &str) -> Result<Option<u64>, Error> {
+    if text.is_empty() {
+        return Ok(None);
+    }
     text.parse()
+        .map(Some)
         .map_err(|_| Error::BadRequest(format!("model version {text:?} is not a number")))
 }
 
@@ -92,11 +97,8 @@ pub async fn live() -> StatusCode {
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    if state.shutting_down() {
-        return not_ready("the server is shutting down".into());
-    }
-    match state.registry.resolve(&state.default_model, None) {
-        Ok(_) => StatusCode::OK.into_response(),
+    match state.readiness() {
+        Ok(()) => StatusCode::OK.into_response(),
         Err(e) => not_ready(e.to_string()),
     }
 }
@@ -136,18 +138,8 @@ fn metadata(model: &LoadedModel, versions: Vec<String>) -> ModelMetadata {
     }
 }
 
-fn ready_versions(state: &AppState, name: &str) -> Vec<String> {
-    state
-        .registry
-        .models()
-        .into_iter()
-        .filter(|(n, _, e)| n == name && e.ready().is_some())
-        .map(|(_, v, _)| v.to_string())
-        .collect()
-}
-
 fn resolve(state: &AppState, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, Error> {
-    let version = version.map(version_number).transpose()?;
+    let version = version.map(parse_version).transpose()?.flatten();
     state.registry.resolve(name, version)
 }
 
@@ -165,7 +157,11 @@ pub async fn model_metadata(
 ) -> V2Result<Json<ModelMetadata>> {
     let name = path(model)?;
     let model = resolve(&state, &name, None)?;
-    Ok(Json(metadata(&model, ready_versions(&state, &name))))
+    let versions = state.registry.ready_versions(&name);
+    Ok(Json(metadata(
+        &model,
+        versions.iter().map(u64::to_string).collect(),
+    )))
 }
 
 /// Metadata of one model version.
