@@ -1,4 +1,4 @@
-//! Dynamic batching: a bounded queue of decoded images, drained by inference workers that each
+//! Dynamic batching: a bounded queue of decoded images (admitted a whole request at a time), drained by inference workers that each
 //! own a session on a dedicated OS thread (never the async runtime).
 //!
 //! A worker takes whatever is queued, up to `max_batch_size`; with a `max_queue_delay` above zero it
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use fer_contract::{Pixels, Preprocessor};
 use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::oneshot;
@@ -75,6 +75,8 @@ pub enum SubmitError {
     Closed,
     /// A tensor row whose length is not the model's input size.
     WrongLength {
+        /// Which of the submitted images.
+        index: usize,
         expected: usize,
         got: usize,
     },
@@ -82,6 +84,8 @@ pub enum SubmitError {
 
 pub struct Batcher {
     sender: Sender<Job>,
+    /// Images the queue holds at most (one larger request may wait alone).
+    capacity: usize,
     row_len: usize,
     depth: Arc<AtomicUsize>,
     metrics: BatchMetrics,
@@ -98,7 +102,8 @@ impl Batcher {
         policy: BatchPolicy,
         metrics: BatchMetrics,
     ) -> std::io::Result<Self> {
-        let (sender, receiver) = crossbeam_channel::bounded(policy.queue_capacity.max(1));
+        // Unbounded: `reserve` bounds what is queued, whole requests at a time.
+        let (sender, receiver) = crossbeam_channel::unbounded();
         let depth = Arc::new(AtomicUsize::new(0));
         let row_len = preprocessor.input_len();
         let preprocessor = Arc::new(preprocessor);
@@ -121,6 +126,7 @@ impl Batcher {
         }
         Ok(Self {
             sender,
+            capacity: policy.queue_capacity.max(1),
             row_len,
             depth,
             metrics,
@@ -133,33 +139,66 @@ impl Batcher {
         &self,
         input: impl Into<JobInput>,
     ) -> Result<oneshot::Receiver<JobResult>, SubmitError> {
-        let input = input.into();
-        if let JobInput::Tensor(row) = &input
-            && row.len() != self.row_len
-        {
-            return Err(SubmitError::WrongLength {
-                expected: self.row_len,
-                got: row.len(),
-            });
-        }
-        let (reply, receiver) = oneshot::channel();
-        let job = Job {
-            input,
-            enqueued: Instant::now(),
-            reply,
-        };
-        let depth = self.depth.fetch_add(1, Ordering::SeqCst) + 1;
-        match self.sender.try_send(job) {
-            Ok(()) => {
-                self.metrics.queue_depth.set(depth as i64);
-                Ok(receiver)
+        let mut receivers = self.submit_all(vec![input.into()])?;
+        receivers.pop().ok_or(SubmitError::Closed)
+    }
+
+    /// Queues all of a request's images or none of them: a refused request leaves nothing behind
+    /// in the queue. A request larger than the whole queue is let in only when the queue is empty,
+    /// so it is served (one at a time) instead of refused forever.
+    pub fn submit_all(
+        &self,
+        inputs: Vec<JobInput>,
+    ) -> Result<Vec<oneshot::Receiver<JobResult>>, SubmitError> {
+        for (index, input) in inputs.iter().enumerate() {
+            if let JobInput::Tensor(row) = input
+                && row.len() != self.row_len
+            {
+                return Err(SubmitError::WrongLength {
+                    index,
+                    expected: self.row_len,
+                    got: row.len(),
+                });
             }
-            Err(e) => {
-                self.depth.fetch_sub(1, Ordering::SeqCst);
-                Err(match e {
-                    TrySendError::Full(_) => SubmitError::Full,
-                    TrySendError::Disconnected(_) => SubmitError::Closed,
-                })
+        }
+        let n = inputs.len();
+        let depth = self.reserve(n)?;
+        let now = Instant::now();
+        let mut receivers = Vec::with_capacity(n);
+        for (sent, input) in inputs.into_iter().enumerate() {
+            let (reply, receiver) = oneshot::channel();
+            let job = Job {
+                input,
+                enqueued: now,
+                reply,
+            };
+            if self.sender.send(job).is_err() {
+                self.depth.fetch_sub(n - sent, Ordering::SeqCst);
+                return Err(SubmitError::Closed);
+            }
+            receivers.push(receiver);
+        }
+        self.metrics.queue_depth.set(depth as i64);
+        Ok(receivers)
+    }
+
+    /// Claims room for `n` images in one step; the depth after the claim.
+    fn reserve(&self, n: usize) -> Result<usize, SubmitError> {
+        let capacity = self.capacity;
+        let mut current = self.depth.load(Ordering::SeqCst);
+        loop {
+            let fits = current + n <= capacity || current == 0;
+            if !fits {
+                return Err(SubmitError::Full);
+            }
+            match self.depth.compare_exchange_weak(
+                current,
+                current + n,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return Ok(current + n),
+                Err(actual) => current = actual,
             }
         }
     }
@@ -425,6 +464,40 @@ mod tests {
     }
 
     #[tokio::test]
+    // The held guard blocks the worker's engine (another thread), never this task.
+    #[allow(clippy::await_holding_lock)]
+    async fn admits_a_whole_request_or_none_of_it() {
+        let gate = Arc::new(Mutex::new(()));
+        let held = gate.lock().unwrap();
+        let (b, sizes) = start(policy(8, 0, 4), Some(Arc::clone(&gate)));
+        let images = |n: u8| (0..n).map(|v| JobInput::from(image(v))).collect::<Vec<_>>();
+        // Larger than the queue, but the queue is empty: it is let in.
+        let big = b.submit_all(images(6)).unwrap();
+        assert_eq!(b.submit_all(images(1)).unwrap_err(), SubmitError::Full);
+        drop(held);
+        for r in big {
+            r.await.unwrap().unwrap();
+        }
+        let held = gate.lock().unwrap();
+        let first = b.submit(image(9)).unwrap();
+        while b.depth() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let three = b.submit_all(images(3)).unwrap();
+        // Two more would overflow: refused, and nothing of them is queued.
+        assert_eq!(b.submit_all(images(2)).unwrap_err(), SubmitError::Full);
+        assert_eq!(b.depth(), 3);
+        let one = b.submit_all(images(1)).unwrap();
+        drop(held);
+        first.await.unwrap().unwrap();
+        for r in three.into_iter().chain(one) {
+            r.await.unwrap().unwrap();
+        }
+        assert_eq!(b.depth(), 0);
+        assert_eq!(*sizes.lock().unwrap(), vec![6, 1, 4]);
+    }
+
+    #[tokio::test]
     async fn takes_normalised_rows_as_they_are_and_refuses_wrong_lengths() {
         let (b, _) = start(policy(4, 0, 16), None);
         let row = JobInput::Tensor(vec![1.0, 2.0, 3.0, 6.0]);
@@ -435,6 +508,7 @@ mod tests {
         assert_eq!(
             b.submit(JobInput::Tensor(vec![1.0; 5])).unwrap_err(),
             SubmitError::WrongLength {
+                index: 0,
                 expected: 4,
                 got: 5
             }

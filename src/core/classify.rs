@@ -59,24 +59,24 @@ pub async fn infer(
     model: &Arc<LoadedModel>,
     inputs: Vec<JobInput>,
 ) -> Result<Vec<Vec<f32>>, Error> {
-    let mut receivers = Vec::with_capacity(inputs.len());
-    for (index, input) in inputs.into_iter().enumerate() {
-        match model.batcher.submit(input) {
-            Ok(r) => receivers.push(r),
-            // Dropping the receivers queued so far cancels them.
-            Err(SubmitError::Full) => {
-                return Err(Error::QueueFull {
-                    retry_after_secs: 1,
-                });
-            }
-            Err(SubmitError::Closed) => return Err(Error::ShuttingDown),
-            Err(SubmitError::WrongLength { expected, got }) => {
-                return Err(Error::InvalidTensor(format!(
-                    "image {index}: {got} values where the model takes {expected}"
-                )));
-            }
+    let receivers = match model.batcher.submit_all(inputs) {
+        Ok(r) => r,
+        Err(SubmitError::Full) => {
+            return Err(Error::QueueFull {
+                retry_after_secs: 1,
+            });
         }
-    }
+        Err(SubmitError::Closed) => return Err(Error::ShuttingDown),
+        Err(SubmitError::WrongLength {
+            index,
+            expected,
+            got,
+        }) => {
+            return Err(Error::InvalidTensor(format!(
+                "image {index}: {got} values where the model takes {expected}"
+            )));
+        }
+    };
     let mut outputs = Vec::with_capacity(receivers.len());
     for receiver in receivers {
         outputs.push(
