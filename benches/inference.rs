@@ -31,9 +31,10 @@ fn bench(c: &mut Criterion) {
     let manifest = Manifest::load(&model_dir().join("manifest.json")).expect("manifest");
     let threads = SessionOptions {
         intra_op_threads: num_cpus::get_physical().max(1),
+        ..SessionOptions::default()
     };
     let load = || {
-        OnnxSession::load(env, &model_dir().join("model.onnx"), &manifest, threads)
+        OnnxSession::load(env, &model_dir().join("model.onnx"), &manifest, &threads)
             .expect("session")
             .0
     };

@@ -78,6 +78,7 @@ pub struct Metrics {
     pub predictions: IntCounterVec,
     pub model_ready: IntGaugeVec,
     pub model_loads: IntCounterVec,
+    pub execution_provider: IntGaugeVec,
     pub requests_in_flight: prometheus::IntGauge,
     pub grpc_requests: IntCounterVec,
     pub grpc_duration: HistogramVec,
@@ -169,6 +170,14 @@ impl Metrics {
             &["model", "outcome"],
         )
         .expect("valid metric");
+        let execution_provider = IntGaugeVec::new(
+            Opts::new(
+                "fer_execution_provider",
+                "1 for the execution provider a model's newest loaded version runs on (cpu, cuda, tensorrt), 0 for the others",
+            ),
+            &["model", "provider"],
+        )
+        .expect("valid metric");
         let requests_in_flight = prometheus::IntGauge::new(
             "fer_requests_in_flight",
             "Inference requests admitted and not yet answered",
@@ -201,6 +210,7 @@ impl Metrics {
             Box::new(predictions.clone()),
             Box::new(model_ready.clone()),
             Box::new(model_loads.clone()),
+            Box::new(execution_provider.clone()),
             Box::new(requests_in_flight.clone()),
             Box::new(grpc_requests.clone()),
             Box::new(grpc_duration.clone()),
@@ -231,6 +241,7 @@ impl Metrics {
             predictions,
             model_ready,
             model_loads,
+            execution_provider,
             requests_in_flight,
             grpc_requests,
             grpc_duration,
@@ -249,6 +260,15 @@ impl Metrics {
         }
         for label in labels {
             self.predictions.with_label_values(&[model, label.as_str()]);
+        }
+    }
+
+    /// Marks where a model's newly loaded version runs.
+    pub fn set_execution_provider(&self, model: &str, active: crate::backend::ExecutionProvider) {
+        for provider in crate::backend::ExecutionProvider::ALL {
+            self.execution_provider
+                .with_label_values(&[model, provider.as_str()])
+                .set(i64::from(provider == active));
         }
     }
 

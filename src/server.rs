@@ -47,6 +47,9 @@ impl Server {
         }
         let (lib, environment) = fer_contract::onnx::runtime(args.model.ort_dylib.as_deref())?;
         tracing::info!(path = %lib.display(), "ONNX Runtime loaded");
+        let session = args.model.session_options(args.workers);
+        let provider = session.provider.check()?;
+        tracing::info!(requested = %session.provider.requested, active = %provider, "execution provider");
         let metrics = Arc::new(Metrics::new());
         let lifecycle = &args.lifecycle;
         let debounce = Duration::from_millis(lifecycle.reload_debounce_ms);
@@ -56,7 +59,7 @@ impl Server {
             max_queue_delay: Duration::from_millis(args.max_queue_delay_ms),
             queue_capacity: args.queue_capacity.max(1),
             workers: args.workers.max(1),
-            intra_op_threads: args.model.intra_threads(args.workers),
+            session,
             decode_limits: args.model.decode_limits(),
             version_policy: lifecycle.version_policy.clone(),
             // At startup nothing is being replaced: load what is there, however fresh.

@@ -9,6 +9,9 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 
 pub mod detector;
+pub mod provider;
+
+pub use provider::{ExecutionProvider, ProviderConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -18,12 +21,18 @@ pub enum BackendError {
     Mismatch { path: String, message: String },
     #[error("inference failed: {0}")]
     Run(String),
+    #[error(transparent)]
+    Provider(#[from] provider::ProviderError),
 }
 
 /// Session options derived from the server's configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
     pub intra_op_threads: usize,
+    /// Let ONNX Runtime's intra-op threads spin while waiting for work (lower latency at the
+    /// price of CPU that the decoder and HTTP threads could use).
+    pub intra_op_spinning: bool,
+    pub provider: ProviderConfig,
 }
 
 /// One ONNX Runtime session of a model version; owned by one inference worker.
@@ -31,6 +40,7 @@ pub struct OnnxSession {
     session: Session,
     input_shape: [usize; 3],
     classes: usize,
+    provider: ExecutionProvider,
 }
 
 impl OnnxSession {
@@ -39,20 +49,22 @@ impl OnnxSession {
         environment: &ort::environment::Environment,
         path: &Path,
         manifest: &Manifest,
-        options: SessionOptions,
+        options: &SessionOptions,
     ) -> Result<(Self, GraphShape), BackendError> {
         let load_error = |e: ort::Error| BackendError::Load {
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        let session = Session::builder(environment)
+        let builder = Session::builder(environment)
             .map_err(load_error)?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| load_error(e.into()))?
             .with_intra_threads(options.intra_op_threads.max(1))
             .map_err(|e| load_error(e.into()))?
-            .commit_from_file(path)
-            .map_err(load_error)?;
+            .with_intra_op_spinning(options.intra_op_spinning)
+            .map_err(|e| load_error(e.into()))?;
+        let (mut builder, provider) = options.provider.register(builder)?;
+        let session = builder.commit_from_file(path).map_err(load_error)?;
         let shape = fer_contract::onnx::check_graph(&session, manifest).map_err(|message| {
             BackendError::Mismatch {
                 path: path.display().to_string(),
@@ -68,9 +80,15 @@ impl OnnxSession {
                     manifest.input.width as usize,
                 ],
                 classes: manifest.labels.len(),
+                provider,
             },
             shape,
         ))
+    }
+
+    /// Where this session runs.
+    pub fn provider(&self) -> ExecutionProvider {
+        self.provider
     }
 
     /// Runs a batch of `rows` images laid out NCHW in `input`; writes `rows × classes` outputs.

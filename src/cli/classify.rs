@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Context;
 use fer_contract::{OutputKind, Preprocessor, softmax_in_place};
 
-use crate::backend::{OnnxSession, SessionOptions};
+use crate::backend::OnnxSession;
 use crate::config::ClassifyArgs;
 
 pub fn run(args: &ClassifyArgs) -> anyhow::Result<()> {
@@ -21,14 +21,12 @@ pub fn run(args: &ClassifyArgs) -> anyhow::Result<()> {
     };
     let dir = model_dir.join(version.to_string());
     let manifest = fer_contract::Manifest::load(&dir.join(fer_contract::MANIFEST_FILE))?;
-    let options = SessionOptions {
-        intra_op_threads: args.model.intra_threads(1),
-    };
+    let options = args.model.session_options(1);
     let (mut session, _) = OnnxSession::load(
         environment,
         &dir.join(fer_contract::MODEL_FILE),
         &manifest,
-        options,
+        &options,
     )?;
     let preprocessor = Preprocessor::new(&manifest, args.model.decode_limits());
     let mut row = vec![0.0f32; preprocessor.input_len()];

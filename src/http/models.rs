@@ -25,6 +25,9 @@ pub struct ModelVersionInfo {
     /// failed to load (the version keeps serving what it loaded before).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Where the version's sessions run: `cpu`, `cuda` or `tensorrt` (ready versions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution_provider: Option<String>,
     /// Largest batch the server forms for this version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_batch_size: Option<usize>,
@@ -47,22 +50,28 @@ pub async fn list_models(State(state): State<AppState>) -> Json<ModelsResponse> 
         .models()
         .into_iter()
         .map(|(name, version, entry)| {
-            let (state, error, max_batch_size, manifest) = match &entry.state {
+            let (state, error, max_batch_size, manifest, provider) = match &entry.state {
                 VersionState::Ready(m) => (
                     "ready",
                     entry.reload_error.clone(),
                     Some(m.max_batch_size),
                     Some(&m.manifest),
+                    Some(m.execution_provider.as_str().to_string()),
                 ),
-                VersionState::Failed { manifest, error } => {
-                    ("failed", Some(error.clone()), None, manifest.as_deref())
-                }
+                VersionState::Failed { manifest, error } => (
+                    "failed",
+                    Some(error.clone()),
+                    None,
+                    manifest.as_deref(),
+                    None,
+                ),
             };
             ModelVersionInfo {
                 name: name.clone(),
                 version,
                 state: state.to_string(),
                 error,
+                execution_provider: provider,
                 max_batch_size,
                 manifest: manifest.and_then(|m| serde_json::to_value(m).ok()),
             }

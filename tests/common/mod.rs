@@ -172,6 +172,11 @@ pub fn shipped_graph() -> Vec<u8> {
     std::fs::read(repo().join("models").join(MODEL).join("1/model.onnx")).unwrap()
 }
 
+/// Status code of a plain GET (`http://host:port/path`), if any answer came.
+pub fn get_status(url: &str) -> Option<u16> {
+    reqwest::blocking_get(url).ok()
+}
+
 /// Minimal blocking GET for readiness polling (status code only).
 mod reqwest {
     pub fn blocking_get(url: &str) -> Result<u16, std::io::Error> {

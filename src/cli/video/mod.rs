@@ -303,7 +303,7 @@ mod local {
             max_queue_delay: Duration::from_millis(2),
             queue_capacity: 1024,
             workers: 1,
-            intra_op_threads: args.model.intra_threads(1),
+            session: args.model.session_options(1),
             decode_limits: args.model.decode_limits(),
             version_policy: Default::default(),
             settle: Duration::ZERO,

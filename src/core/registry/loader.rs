@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use fer_contract::{MANIFEST_FILE, MODEL_FILE, Manifest, Preprocessor};
 
 use super::RegistryOptions;
-use crate::backend::{OnnxSession, SessionOptions};
+use crate::backend::{ExecutionProvider, OnnxSession};
 use crate::core::batcher::{BatchMetrics, BatchPolicy, Batcher, Engine};
 use crate::metrics::Metrics;
 
@@ -18,6 +18,8 @@ pub struct LoadedModel {
     pub batcher: Batcher,
     pub dir: PathBuf,
     pub max_batch_size: usize,
+    /// Where its sessions run.
+    pub execution_provider: ExecutionProvider,
     /// Declared last: dropped after the batcher (its sessions and threads) is gone.
     _retirement: Retirement,
 }
@@ -71,23 +73,24 @@ pub fn load_version(
         )));
     }
     let model_path = dir.join(MODEL_FILE);
-    let session_options = SessionOptions {
-        intra_op_threads: options.intra_op_threads,
-    };
     let mut sessions = Vec::new();
     let mut fixed_batch = None;
     for _ in 0..options.workers.max(1) {
         let (session, shape) =
-            OnnxSession::load(environment, &model_path, &manifest, session_options)
+            OnnxSession::load(environment, &model_path, &manifest, &options.session)
                 .map_err(|e| fail(e.to_string()))?;
         fixed_batch = shape.fixed_batch;
         sessions.push(session);
     }
+    let execution_provider = sessions
+        .first()
+        .map_or(ExecutionProvider::Cpu, OnnxSession::provider);
     let max_batch_size = fixed_batch.unwrap_or(options.max_batch_size).max(1);
     let preprocessor = Preprocessor::new(&manifest, options.decode_limits);
     warm_up(&mut sessions, &preprocessor, max_batch_size, fixed_batch)
         .map_err(|e| fail(format!("{}: warm-up: {e}", model_path.display())))?;
     metrics.register_model(name, &manifest.labels);
+    metrics.set_execution_provider(name, execution_provider);
     let batch_metrics = BatchMetrics {
         queue_wait: metrics.stage_duration.with_label_values(&[name, "queue"]),
         inference: metrics
@@ -122,6 +125,7 @@ pub fn load_version(
         batcher,
         dir: dir.to_path_buf(),
         max_batch_size,
+        execution_provider,
     })
 }
 

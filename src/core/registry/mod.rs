@@ -12,6 +12,7 @@ mod loader;
 pub mod policy;
 pub mod scan;
 
+use crate::backend::SessionOptions;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,7 +38,7 @@ pub struct RegistryOptions {
     pub queue_capacity: usize,
     /// Inference workers (sessions, each on its own thread) per model version.
     pub workers: usize,
-    pub intra_op_threads: usize,
+    pub session: SessionOptions,
     pub decode_limits: DecodeLimits,
     /// Versions served per model unless its `serving.json` says otherwise.
     pub version_policy: VersionPolicy,
@@ -476,7 +477,10 @@ mod tests {
             max_queue_delay: Duration::ZERO,
             queue_capacity: 8,
             workers: 1,
-            intra_op_threads: 1,
+            session: SessionOptions {
+                intra_op_threads: 1,
+                ..SessionOptions::default()
+            },
             decode_limits: DecodeLimits::default(),
             version_policy: policy.parse().unwrap(),
             settle: Duration::ZERO,

@@ -1,0 +1,181 @@
+//! The report: a markdown table of every figure and the ratios the targets are stated in.
+
+use crate::drive::RunResult;
+use crate::options::Options;
+use crate::raw::RawResult;
+
+pub struct Report {
+    pub requests: usize,
+    pub peer_workers: usize,
+    pub raw: RawResult,
+    pub server: Vec<RunResult>,
+    pub kserve: Vec<RunResult>,
+    pub peer: Vec<RunResult>,
+    pub server_rss_mib: f64,
+    pub peer_rss_mib: f64,
+    pub server_flags: Vec<String>,
+}
+
+impl Report {
+    pub fn new(options: &Options, raw: RawResult) -> Self {
+        Report {
+            requests: options.requests,
+            peer_workers: options.peer_workers,
+            raw,
+            server: Vec::new(),
+            kserve: Vec::new(),
+            peer: Vec::new(),
+            server_rss_mib: 0.0,
+            peer_rss_mib: 0.0,
+            server_flags: options.server_args(),
+        }
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let line = |out: &mut String, s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        line(&mut out, format!("Machine: {}.", machine()));
+        line(
+            &mut out,
+            format!(
+                "Model: `models/ferplus/1` (8 classes, 48×48 gray). Images: real FER+ validation faces as JPEG. {} requests per row after a warm-up; fer-server flags: `{}`; peer: FastAPI + onnxruntime + Pillow, {} uvicorn worker(s).",
+                self.requests,
+                self.server_flags.join(" "),
+                self.peer_workers
+            ),
+        );
+        line(&mut out, String::new());
+        let raw = &self.raw;
+        line(
+            &mut out,
+            format!(
+                "Raw ONNX Runtime, one thread decoding + preprocessing + `session.run`: batch 1 **{:.0} img/s** (p50 {:.3} ms per image), batch {} **{:.0} img/s**. Limit used for the ratios: {:.0} img/s.",
+                raw.batch1_per_s,
+                raw.batch1_latency.value_at_quantile(0.5) as f64 / 1000.0,
+                raw.max_batch,
+                raw.max_batch_per_s,
+                raw.limit()
+            ),
+        );
+        line(&mut out, String::new());
+        line(
+            &mut out,
+            "| concurrency | fer-server req/s | p50 ms | p90 ms | p99 ms | × raw ORT | v2 infer req/s | v2 p99 ms | peer req/s | peer p50 ms | peer p99 ms | throughput × peer | peer p99 ÷ ours |".into(),
+        );
+        line(
+            &mut out,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|".into(),
+        );
+        for (i, s) in self.server.iter().enumerate() {
+            let v2 = self.kserve.get(i);
+            let peer = self.peer.get(i);
+            let opt = |v: Option<f64>, digits: usize| {
+                v.map_or("–".to_string(), |v| format!("{v:.digits$}"))
+            };
+            line(
+                &mut out,
+                format!(
+                    "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2}× | {} | {} | {} | {} | {} | {} | {} |",
+                    s.concurrency,
+                    s.throughput(),
+                    s.ms(0.5),
+                    s.ms(0.9),
+                    s.ms(0.99),
+                    s.throughput() / raw.limit(),
+                    opt(v2.map(RunResult::throughput), 0),
+                    opt(v2.map(|r| r.ms(0.99)), 2),
+                    opt(peer.map(RunResult::throughput), 0),
+                    opt(peer.map(|r| r.ms(0.5)), 2),
+                    opt(peer.map(|r| r.ms(0.99)), 2),
+                    opt(peer.map(|p| s.throughput() / p.throughput()), 1).to_string()
+                        + if peer.is_some() { "×" } else { "" },
+                    opt(peer.map(|p| p.ms(0.99) / s.ms(0.99)), 1).to_string()
+                        + if peer.is_some() { "×" } else { "" },
+                ),
+            );
+        }
+        let failed: usize = self
+            .server
+            .iter()
+            .chain(&self.kserve)
+            .chain(&self.peer)
+            .map(|r| r.failed)
+            .sum();
+        line(&mut out, String::new());
+        line(&mut out, self.targets());
+        line(
+            &mut out,
+            format!(
+                "Failed requests: {failed}. RSS after the run: fer-server {:.0} MiB{}.",
+                self.server_rss_mib,
+                if self.peer.is_empty() {
+                    String::new()
+                } else {
+                    format!(", peer {:.0} MiB (all workers)", self.peer_rss_mib)
+                }
+            ),
+        );
+        out
+    }
+
+    /// The targets, each with its measured figure.
+    fn targets(&self) -> String {
+        let best = self
+            .server
+            .iter()
+            .max_by(|a, b| a.throughput().total_cmp(&b.throughput()));
+        let Some(best) = best else {
+            return String::new();
+        };
+        let mut parts = vec![format!(
+            "saturation (c={}): {:.2}× raw ORT (target ≥ 0.9×)",
+            best.concurrency,
+            best.throughput() / self.raw.limit()
+        )];
+        if let Some(c1) = self.server.iter().find(|r| r.concurrency == 1) {
+            let added = c1.ms(0.5) - self.raw.batch1_latency.value_at_quantile(0.5) as f64 / 1000.0;
+            parts.push(format!(
+                "latency added at c=1 (p50 over raw batch-1 p50, HTTP client included): {added:.3} ms (target ≤ 0.3 ms)"
+            ));
+        }
+        let peer_best = self
+            .peer
+            .iter()
+            .max_by(|a, b| a.throughput().total_cmp(&b.throughput()));
+        if let Some(p) = peer_best {
+            parts.push(format!(
+                "best throughput {:.1}× the peer's best (target ≥ 5×)",
+                best.throughput() / p.throughput()
+            ));
+            if let Some(s) = self.server.iter().find(|s| s.concurrency == p.concurrency) {
+                parts.push(format!(
+                    "p99 at c={} {:.2} ms vs the peer's {:.2} ms: {:.2} of it (target ≤ 0.33)",
+                    p.concurrency,
+                    s.ms(0.99),
+                    p.ms(0.99),
+                    s.ms(0.99) / p.ms(0.99)
+                ));
+            }
+        }
+        format!("Targets: {}.", parts.join("; "))
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!(
+        "{cpu}, {} logical / {} physical cores, Linux",
+        num_cpus::get(),
+        num_cpus::get_physical()
+    )
+}

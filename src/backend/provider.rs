@@ -1,0 +1,236 @@
+//! Execution providers: where a session runs (CPU, CUDA, TensorRT), and the rule for when the
+//! one asked for is not there: fail with a clear message, or run on the CPU only when the user
+//! allowed it (`--allow-cpu-fallback`).
+//!
+//! GPU providers need a build with the cargo feature `cuda` or `tensorrt` and an ONNX Runtime
+//! library built with them (the `onnxruntime-gpu` wheel's, see the README); the default build and
+//! the CPU wheel have neither, and this module says which of the two is missing.
+
+use std::path::PathBuf;
+
+use ort::session::builder::SessionBuilder;
+
+/// Where inference runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+impl ExecutionProvider {
+    pub const ALL: [ExecutionProvider; 3] = [Self::Cpu, Self::Cuda, Self::Tensorrt];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::Tensorrt => "tensorrt",
+        }
+    }
+}
+
+impl std::fmt::Display for ExecutionProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The provider asked for and its options.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub requested: ExecutionProvider,
+    /// GPU ordinal.
+    pub device_id: i32,
+    /// TensorRT: build FP16 engines.
+    pub trt_fp16: bool,
+    /// TensorRT: keep built engines in this folder (rebuilding one takes minutes).
+    pub trt_engine_cache: Option<PathBuf>,
+    /// Run on the CPU (with a warning) when the requested GPU provider cannot be used.
+    pub allow_cpu_fallback: bool,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            requested: ExecutionProvider::Cpu,
+            device_id: 0,
+            trt_fp16: false,
+            trt_engine_cache: None,
+            allow_cpu_fallback: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "execution provider {requested} requested but unavailable: {reason} (pass --allow-cpu-fallback to run on the CPU instead)"
+)]
+pub struct ProviderError {
+    pub requested: ExecutionProvider,
+    pub reason: String,
+}
+
+impl ProviderConfig {
+    /// What sessions will run on, checked once at startup: the requested provider when this
+    /// build and the loaded ONNX Runtime have it, else the CPU if fallback is allowed, else an
+    /// error that says what is missing.
+    pub fn check(&self) -> Result<ExecutionProvider, ProviderError> {
+        match self.requested {
+            ExecutionProvider::Cpu => Ok(ExecutionProvider::Cpu),
+            gpu => match availability(gpu) {
+                Ok(()) => Ok(gpu),
+                Err(reason) => self.fall_back(reason),
+            },
+        }
+    }
+
+    /// Registers the provider on a session builder; the provider the session will really use.
+    /// A GPU provider that fails to register (no device, missing CUDA libraries) follows the
+    /// same rule as [`ProviderConfig::check`].
+    pub fn register(
+        &self,
+        builder: SessionBuilder,
+    ) -> Result<(SessionBuilder, ExecutionProvider), ProviderError> {
+        match self.requested {
+            ExecutionProvider::Cpu => Ok((builder, ExecutionProvider::Cpu)),
+            gpu => {
+                if let Err(reason) = availability(gpu) {
+                    return self.fall_back(reason).map(|p| (builder, p));
+                }
+                match self.append(builder) {
+                    Ok(builder) => Ok((builder, gpu)),
+                    Err((builder, reason)) => self.fall_back(reason).map(|p| (builder, p)),
+                }
+            }
+        }
+    }
+
+    fn fall_back(&self, reason: String) -> Result<ExecutionProvider, ProviderError> {
+        if self.allow_cpu_fallback {
+            tracing::warn!(requested = %self.requested, %reason, "running on the CPU (--allow-cpu-fallback)");
+            Ok(ExecutionProvider::Cpu)
+        } else {
+            Err(ProviderError {
+                requested: self.requested,
+                reason,
+            })
+        }
+    }
+
+    #[cfg(any(feature = "cuda", feature = "tensorrt"))]
+    fn append(&self, builder: SessionBuilder) -> Result<SessionBuilder, (SessionBuilder, String)> {
+        use ort::ep;
+        let mut providers = Vec::new();
+        #[cfg(feature = "tensorrt")]
+        if self.requested == ExecutionProvider::Tensorrt {
+            let mut trt = ep::TensorRT::default()
+                .with_device_id(self.device_id)
+                .with_fp16(self.trt_fp16);
+            if let Some(dir) = &self.trt_engine_cache {
+                trt = trt
+                    .with_engine_cache(true)
+                    .with_engine_cache_path(dir.display().to_string());
+            }
+            providers.push(trt.build().error_on_failure());
+        }
+        // TensorRT hands the nodes it cannot run to CUDA.
+        #[cfg(feature = "cuda")]
+        providers.push(
+            ep::CUDA::default()
+                .with_device_id(self.device_id)
+                .build()
+                .error_on_failure(),
+        );
+        builder.with_execution_providers(providers).map_err(|e| {
+            let reason = e.to_string();
+            (e.recover(), reason)
+        })
+    }
+
+    #[cfg(not(any(feature = "cuda", feature = "tensorrt")))]
+    fn append(&self, builder: SessionBuilder) -> Result<SessionBuilder, (SessionBuilder, String)> {
+        Err((builder, built_without(self.requested)))
+    }
+}
+
+/// Whether this build and the loaded ONNX Runtime library have a GPU provider.
+fn availability(provider: ExecutionProvider) -> Result<(), String> {
+    let compiled = match provider {
+        ExecutionProvider::Cpu => return Ok(()),
+        ExecutionProvider::Cuda => cfg!(feature = "cuda"),
+        ExecutionProvider::Tensorrt => cfg!(feature = "tensorrt"),
+    };
+    if !compiled {
+        return Err(built_without(provider));
+    }
+    runtime_has(provider)
+}
+
+fn built_without(provider: ExecutionProvider) -> String {
+    format!(
+        "this fer-server was built without the `{provider}` cargo feature (cargo build --release --features {provider})"
+    )
+}
+
+#[cfg(any(feature = "cuda", feature = "tensorrt"))]
+fn runtime_has(provider: ExecutionProvider) -> Result<(), String> {
+    use ort::ep::ExecutionProvider as _;
+    let available = match provider {
+        #[cfg(feature = "cuda")]
+        ExecutionProvider::Cuda => ort::ep::CUDA::is_available(),
+        #[cfg(feature = "tensorrt")]
+        ExecutionProvider::Tensorrt => ort::ep::TensorRT::is_available(),
+        _ => Ok(false),
+    }
+    .map_err(|e| e.to_string())?;
+    if available {
+        Ok(())
+    } else {
+        Err(format!(
+            "the loaded ONNX Runtime library has no {provider} provider (use the onnxruntime-gpu wheel's library: scripts/setup-ort.sh --gpu)"
+        ))
+    }
+}
+
+#[cfg(not(any(feature = "cuda", feature = "tensorrt")))]
+fn runtime_has(provider: ExecutionProvider) -> Result<(), String> {
+    Err(built_without(provider))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(requested: ExecutionProvider, allow_cpu_fallback: bool) -> ProviderConfig {
+        ProviderConfig {
+            requested,
+            allow_cpu_fallback,
+            ..ProviderConfig::default()
+        }
+    }
+
+    #[test]
+    fn cpu_is_always_there() {
+        assert_eq!(
+            config(ExecutionProvider::Cpu, false).check().unwrap(),
+            ExecutionProvider::Cpu
+        );
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_missing_gpu_provider_fails_clearly_unless_fallback_is_allowed() {
+        for gpu in [ExecutionProvider::Cuda, ExecutionProvider::Tensorrt] {
+            let error = config(gpu, false).check().unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("execution provider {gpu}")),
+                "{error}"
+            );
+            assert!(error.contains("--allow-cpu-fallback"), "{error}");
+            assert!(error.contains("feature"), "{error}");
+            assert_eq!(config(gpu, true).check().unwrap(), ExecutionProvider::Cpu);
+        }
+    }
+}
