@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: setup build run test lint bench openapi fuzz soak
+.PHONY: setup build run test lint bench bench-load openapi fuzz soak
 
 ## Fetch ONNX Runtime (PyPI wheel) into .ort/lib and build the server in release mode.
 setup:
@@ -23,6 +23,7 @@ test:
 	./scripts/setup-system.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p fer-server --features tensorrt -- -D warnings
 	$(CARGO) test --workspace --release
 	FER_SERVER_BIN=target/release/fer-server ./scripts/python-tests.sh
 
@@ -38,6 +39,10 @@ soak:
 ## Criterion benchmarks (preprocessing, batch inference vs the raw ort session).
 bench: setup
 	$(CARGO) bench -p fer-server
+
+## The performance table: fer-server vs raw ONNX Runtime vs a FastAPI peer (see scripts/bench.sh).
+bench-load:
+	./scripts/bench.sh $(ARGS)
 
 ## Regenerate the committed OpenAPI description.
 openapi:

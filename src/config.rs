@@ -28,6 +28,22 @@ pub enum Command {
     /// Score a video: per-frame faces and expressions over the gRPC stream (or --local), written
     /// as a timeline (JSON, CSV) and a plot (SVG).
     ScoreVideo(Box<ScoreVideoArgs>),
+    /// Exit 0 when a running server answers its health URL with 2xx (container health checks).
+    Healthcheck {
+        /// Health URL to GET.
+        #[arg(
+            long,
+            env = "FER_HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:8080/readyz"
+        )]
+        url: String,
+        /// API key, when health routes require one (--auth-health).
+        #[arg(long, env = "FER_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Give up after this many milliseconds.
+        #[arg(long, env = "FER_HEALTHCHECK_TIMEOUT_MS", default_value_t = 3000)]
+        timeout_ms: u64,
+    },
     /// Print (or write) the OpenAPI description of the HTTP API.
     Openapi {
         /// Write to this file instead of standard output.

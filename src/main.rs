@@ -47,6 +47,15 @@ fn run() -> anyhow::Result<()> {
             init_logging(LogFormat::Text);
             fer_server::cli::video::run(&args)
         }
+        Command::Healthcheck {
+            url,
+            api_key,
+            timeout_ms,
+        } => fer_server::cli::healthcheck::run(
+            &url,
+            api_key.as_deref(),
+            std::time::Duration::from_millis(timeout_ms),
+        ),
         Command::Openapi { out } => {
             let spec = fer_server::http::openapi::spec_json();
             match out {

@@ -402,3 +402,22 @@ async fn sigterm_exits_cleanly() {
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn the_healthcheck_command_succeeds_only_against_a_ready_server() {
+    let check = |url: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fer-server"))
+            .args(["healthcheck", "--url", url, "--timeout-ms", "2000"])
+            .output()
+            .unwrap()
+    };
+    let server = Server::start(&[]);
+    let ready = check(&server.url("/readyz"));
+    assert!(ready.status.success(), "{ready:?}");
+    let missing = check(&server.url("/no-such-route"));
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("answered 404"));
+    let base = server.base.clone();
+    drop(server);
+    assert!(!check(&format!("{base}/readyz")).status.success());
+}

@@ -100,8 +100,8 @@ impl ProviderConfig {
                     return self.fall_back(reason).map(|p| (builder, p));
                 }
                 match self.append(builder) {
-                    Ok(builder) => Ok((builder, gpu)),
-                    Err((builder, reason)) => self.fall_back(reason).map(|p| (builder, p)),
+                    (builder, Ok(())) => Ok((builder, gpu)),
+                    (builder, Err(reason)) => self.fall_back(reason).map(|p| (builder, p)),
                 }
             }
         }
@@ -119,8 +119,9 @@ impl ProviderConfig {
         }
     }
 
+    /// Appends the GPU providers; the builder comes back either way (without them on failure).
     #[cfg(any(feature = "cuda", feature = "tensorrt"))]
-    fn append(&self, builder: SessionBuilder) -> Result<SessionBuilder, (SessionBuilder, String)> {
+    fn append(&self, builder: SessionBuilder) -> (SessionBuilder, Result<(), String>) {
         use ort::ep;
         let mut providers = Vec::new();
         #[cfg(feature = "tensorrt")]
@@ -143,15 +144,18 @@ impl ProviderConfig {
                 .build()
                 .error_on_failure(),
         );
-        builder.with_execution_providers(providers).map_err(|e| {
-            let reason = e.to_string();
-            (e.recover(), reason)
-        })
+        match builder.with_execution_providers(providers) {
+            Ok(builder) => (builder, Ok(())),
+            Err(e) => {
+                let reason = e.to_string();
+                (e.recover(), Err(reason))
+            }
+        }
     }
 
     #[cfg(not(any(feature = "cuda", feature = "tensorrt")))]
-    fn append(&self, builder: SessionBuilder) -> Result<SessionBuilder, (SessionBuilder, String)> {
-        Err((builder, built_without(self.requested)))
+    fn append(&self, builder: SessionBuilder) -> (SessionBuilder, Result<(), String>) {
+        (builder, Err(built_without(self.requested)))
     }
 }
 

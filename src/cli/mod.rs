@@ -1,4 +1,5 @@
 //! Offline commands of the binary.
 
 pub mod classify;
+pub mod healthcheck;
 pub mod video;
