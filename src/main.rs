@@ -1,4 +1,8 @@
 use clap::Parser;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use fer_server::config::{Cli, Command, LogFormat};
 
 fn init_logging(format: LogFormat) {

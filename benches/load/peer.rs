@@ -16,7 +16,9 @@ impl Peer {
             .expect("free port")
             .port();
         let peers = crate::common::repo().join("benches/peers");
-        let child = Command::new(python)
+        // Absolute, not canonical: a venv's python is a symlink that must stay the venv's.
+        let python = std::path::absolute(python).expect("python path");
+        let child = Command::new(&python)
             .args(["-m", "uvicorn", "fastapi_server:app", "--host", "127.0.0.1"])
             .args([
                 "--port",

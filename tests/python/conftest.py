@@ -43,9 +43,15 @@ def clear_faces(count):
 
 
 @pytest.fixture(scope="session")
-def addresses():
+def server_bin():
+    """The fer-server binary under test."""
+    return os.environ.get("FER_SERVER_BIN", str(ROOT / "target/release/fer-server"))
+
+
+@pytest.fixture(scope="session")
+def addresses(server_bin):
     """Starts fer-server on ephemeral ports; {"http": "host:port", "grpc": "host:port"}."""
-    binary = os.environ.get("FER_SERVER_BIN", str(ROOT / "target/release/fer-server"))
+    binary = server_bin
     process = subprocess.Popen(
         [binary, "serve", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
          "--log-format", "json", "--models-dir", str(ROOT / "models"), "--default-model", "ferplus"],
