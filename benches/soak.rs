@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{MODEL, Server, ferplus_faces, write_version};
+use common::{MODEL, Server, ferplus_faces, rss_mib, write_version};
 
 struct Options {
     seconds: u64,
@@ -42,17 +42,6 @@ fn options() -> Options {
         }
     }
     o
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 fn jpeg(png: &[u8]) -> Vec<u8> {

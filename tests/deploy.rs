@@ -57,20 +57,8 @@ fn promtool() -> Command {
 async fn live_metrics() -> String {
     let server = Server::start(&[]);
     let face = common::ferplus_faces(9, 1).remove(0);
-    let r = reqwest::Client::new()
-        .post(server.url("/v1/classify"))
-        .header("content-type", "image/png")
-        .body(face.png)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    assert_eq!(common::classify_png(&server, face.png).await, 200);
+    common::get_text(&server, "/metrics").await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,21 +9,11 @@ use common::{MODEL, Server, repo};
 use serde_json::Value;
 
 async fn models(server: &Server) -> Value {
-    reqwest::get(server.url("/v1/models"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    serde_json::from_str(&common::get_text(server, "/v1/models").await).unwrap()
 }
 
 async fn metrics(server: &Server) -> String {
-    reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    common::get_text(server, "/metrics").await
 }
 
 fn provider_of(models: &Value) -> &str {
@@ -92,12 +82,5 @@ async fn cpu_fallback_serves_only_when_allowed_and_says_so() {
         "fer_execution_provider{{model=\"{MODEL}\",provider=\"tensorrt\"}} 0"
     )));
     let face = common::ferplus_faces(9, 1).remove(0);
-    let r = reqwest::Client::new()
-        .post(server.url("/v1/classify"))
-        .header("content-type", "image/png")
-        .body(face.png)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(common::classify_png(&server, face.png).await, 200);
 }

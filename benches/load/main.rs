@@ -21,7 +21,7 @@ mod report;
 
 use std::time::Duration;
 
-use common::Server;
+use common::{Server, rss_mib};
 
 fn main() {
     let options = options::Options::parse();
@@ -119,16 +119,4 @@ fn faces(n: usize) -> Vec<Vec<u8>> {
             out.into_inner()
         })
         .collect()
-}
-
-/// Resident memory of a process, in MiB.
-pub fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
 }

@@ -48,7 +48,7 @@ impl Peer {
 
     /// Resident memory of uvicorn and its workers, in MiB.
     pub fn rss_mib(&self) -> f64 {
-        self.pids().into_iter().map(crate::rss_mib).sum()
+        self.pids().into_iter().map(crate::common::rss_mib).sum()
     }
 
     /// uvicorn and its worker processes.

@@ -172,6 +172,41 @@ pub fn shipped_graph() -> Vec<u8> {
     std::fs::read(repo().join("models").join(MODEL).join("1/model.onnx")).unwrap()
 }
 
+/// Resident memory of a process, in MiB (0 when it cannot be read).
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// POSTs one PNG as the body of `/v1/classify`; the status code.
+pub async fn classify_png(server: &Server, png: Vec<u8>) -> u16 {
+    ::reqwest::Client::new()
+        .post(server.url("/v1/classify"))
+        .header("content-type", "image/png")
+        .body(png)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The body of a GET on the server (e.g. `/metrics`).
+pub async fn get_text(server: &Server, path: &str) -> String {
+    ::reqwest::get(server.url(path))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Status code of a plain GET (`http://host:port/path`), if any answer came.
 pub fn get_status(url: &str) -> Option<u16> {
     reqwest::blocking_get(url).ok()
