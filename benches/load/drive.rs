@@ -72,6 +72,8 @@ pub struct RunResult {
     /// CPU seconds the server process (all its processes, for the peer) spent in the measured
     /// phase; the machine's cores are shared with the load generator.
     pub server_cpu_s: f64,
+    /// CPU seconds of this process (the load generator) in the measured phase.
+    pub client_cpu_s: f64,
 }
 
 impl RunResult {
@@ -89,14 +91,20 @@ impl RunResult {
         self.server_cpu_s * 1e6 / (self.requests - self.failed).max(1) as f64
     }
 
+    /// Load-generator CPU time per answered request, microseconds.
+    pub fn client_cpu_us_per_request(&self) -> f64 {
+        self.client_cpu_s * 1e6 / (self.requests - self.failed).max(1) as f64
+    }
+
     pub fn summary(&self) -> String {
         format!(
-            "{:>8.0} req/s  p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  {:.0} µs CPU/req  failed {}",
+            "{:>8.0} req/s  p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  CPU/req: server {:.0} µs, client {:.0} µs  failed {}",
             self.throughput(),
             self.ms(0.5),
             self.ms(0.9),
             self.ms(0.99),
             self.cpu_us_per_request(),
+            self.client_cpu_us_per_request(),
             self.failed
         )
     }
@@ -121,11 +129,14 @@ pub async fn run(
     let images = Arc::new(images.to_vec());
     let warm_up = (requests / 10).max(concurrency);
     phase(&client, &target, &images, warm_up, concurrency).await;
+    let me = std::process::id();
+    let client_before = cpu_seconds(me);
     let cpu_before: f64 = server.iter().map(|&p| cpu_seconds(p)).sum();
     let started = Instant::now();
     let (latency, failed) = phase(&client, &target, &images, requests, concurrency).await;
     let elapsed = started.elapsed();
     let cpu_after: f64 = server.iter().map(|&p| cpu_seconds(p)).sum();
+    let client_cpu_s = cpu_seconds(me) - client_before;
     RunResult {
         concurrency,
         requests,
@@ -133,6 +144,7 @@ pub async fn run(
         elapsed,
         latency,
         server_cpu_s: cpu_after - cpu_before,
+        client_cpu_s,
     }
 }
 

@@ -97,6 +97,38 @@ impl Report {
                 ),
             );
         }
+        line(&mut out, String::new());
+        line(
+            &mut out,
+            format!(
+                "CPU time per request (from /proc; the machine has {} cores for servers and load generator together). Raw ORT: {:.0} µs per image at batch 1, {:.0} µs at batch {}.",
+                num_cpus::get(),
+                raw.batch1_cpu_us,
+                raw.max_batch_cpu_us,
+                raw.max_batch
+            ),
+        );
+        line(&mut out, String::new());
+        line(
+            &mut out,
+            "| concurrency | fer-server µs | its load generator µs | peer µs | its load generator µs |".into(),
+        );
+        line(&mut out, "|---|---|---|---|---|".into());
+        for (i, s) in self.server.iter().enumerate() {
+            let peer = self.peer.get(i);
+            let opt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
+            line(
+                &mut out,
+                format!(
+                    "| {} | {:.0} | {:.0} | {} | {} |",
+                    s.concurrency,
+                    s.cpu_us_per_request(),
+                    s.client_cpu_us_per_request(),
+                    opt(peer.map(RunResult::cpu_us_per_request)),
+                    opt(peer.map(RunResult::client_cpu_us_per_request)),
+                ),
+            );
+        }
         let failed: usize = self
             .server
             .iter()

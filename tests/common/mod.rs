@@ -34,7 +34,10 @@ impl Server {
     }
 
     pub fn start_in(models: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fer-server"))
+        // FER_SERVER_BIN runs another build (benchmarks compare two binaries with it).
+        let binary = std::env::var("FER_SERVER_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_fer-server").to_string());
+        let mut child = Command::new(binary)
             .args([
                 "serve",
                 "--listen",

@@ -177,7 +177,13 @@ impl Preprocessor {
 
     /// Decodes, orients (EXIF), converts to the model's channels and resizes to its input size.
     pub fn decode(&self, bytes: &[u8]) -> Result<Pixels, ImageError> {
-        let pixels = decode_pixels(bytes, self.channels, &self.limits)?;
+        self.decode_within(bytes, self.limits)
+    }
+
+    /// [`Preprocessor::decode`] under other (tighter) limits: `TooLarge` is known from the header,
+    /// before any pixel is decoded, so a caller can try cheap images first.
+    pub fn decode_within(&self, bytes: &[u8], limits: DecodeLimits) -> Result<Pixels, ImageError> {
+        let pixels = decode_pixels(bytes, self.channels, &limits)?;
         self.resize(&pixels)
     }
 
@@ -463,6 +469,34 @@ mod tests {
         assert!(
             row.iter()
                 .all(|v| (v - (200.0 / 255.0 - 0.5) / 0.5).abs() < 1e-6)
+        );
+    }
+
+    #[test]
+    fn tighter_limits_refuse_from_the_header_and_decode_the_same_otherwise() {
+        let p = Preprocessor::new(&sample(), DecodeLimits::default());
+        let bytes = png_gray(96, 96, |x, y| (x * 2 + y) as u8);
+        let tight = DecodeLimits {
+            max_width: 64,
+            max_height: 64,
+            max_pixels: 64 * 64,
+        };
+        assert!(matches!(
+            p.decode_within(&bytes, tight),
+            Err(ImageError::TooLarge {
+                width: 96,
+                height: 96,
+                ..
+            })
+        ));
+        let roomy = DecodeLimits {
+            max_width: 96,
+            max_height: 96,
+            max_pixels: 96 * 96,
+        };
+        assert_eq!(
+            p.decode_within(&bytes, roomy).unwrap(),
+            p.decode(&bytes).unwrap()
         );
     }
 
