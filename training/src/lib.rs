@@ -7,4 +7,5 @@ pub mod export;
 pub mod metrics;
 pub mod model;
 pub mod report;
+pub mod thresholds;
 pub mod train;
