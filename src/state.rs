@@ -71,4 +71,15 @@ impl AppState {
         }
         self.registry.resolve(&self.default_model, None).map(|_| ())
     }
+
+    /// Runs inference work under the admission rules (shutdown, concurrency, timeout), counted
+    /// in `fer_requests_in_flight`. Every transport's inference goes through here.
+    pub async fn admit<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, crate::error::Error>>,
+    ) -> Result<T, crate::error::Error> {
+        self.admission
+            .run(&self.shutting_down, &self.metrics.requests_in_flight, work)
+            .await
+    }
 }

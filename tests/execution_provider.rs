@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{MODEL, Server, repo};
 use serde_json::Value;
 
@@ -46,19 +44,10 @@ async fn the_cpu_provider_is_reported_in_models_and_metrics() {
 #[test]
 fn an_unavailable_gpu_provider_stops_the_server_with_a_clear_message() {
     for provider in ["cuda", "tensorrt"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_fer-server"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--grpc-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--execution-provider", provider])
-            .arg("--models-dir")
-            .arg(repo().join("models"))
-            .output()
-            .unwrap();
+        let out =
+            common::serve_command(&repo().join("models"), &["--execution-provider", provider])
+                .output()
+                .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{stderr}");
         assert!(

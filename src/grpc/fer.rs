@@ -59,14 +59,7 @@ async fn classify_images(
         let pixels = classify::decode_all(&model, images, &state.metrics).await?;
         classify::classify(&model, pixels, top, &state.metrics).await
     };
-    let predictions = state
-        .admission
-        .run(
-            &state.shutting_down,
-            &state.metrics.requests_in_flight,
-            work,
-        )
-        .await?;
+    let predictions = state.admit(work).await?;
     Ok((
         model.manifest.name.clone(),
         model.manifest.version,
@@ -103,14 +96,7 @@ async fn analyze_frame(
         top,
         &state.metrics,
     );
-    let mut analyses = state
-        .admission
-        .run(
-            &state.shutting_down,
-            &state.metrics.requests_in_flight,
-            work,
-        )
-        .await?;
+    let mut analyses = state.admit(work).await?;
     let faces = analyses
         .pop()
         .map(|a| a.faces)

@@ -121,14 +121,7 @@ async fn model_infer(
     let model = state.registry.resolve(&request.model_name, version)?;
     let (rest, binary) = to_rest(request)?;
     let work = infer(&model, rest, binary, state.limits, &state.metrics);
-    let outcome = state
-        .admission
-        .run(
-            &state.shutting_down,
-            &state.metrics.requests_in_flight,
-            work,
-        )
-        .await?;
+    let outcome = state.admit(work).await?;
     let mut offset = 0usize;
     let mut outputs = Vec::new();
     let mut raw = Vec::new();

@@ -10,12 +10,7 @@ use crate::http::AppState;
 pub async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let work = async { Ok(next.run(request).await) };
     state
-        .admission
-        .run(
-            &state.shutting_down,
-            &state.metrics.requests_in_flight,
-            work,
-        )
+        .admit(work)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }

@@ -27,6 +27,31 @@ pub struct Server {
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+/// `fer-server serve` on ephemeral loopback ports with JSON logs, the repository `models` and
+/// extra flags; not started. FER_SERVER_BIN runs another build (benchmarks compare two binaries).
+pub fn serve_command(models: &Path, extra: &[&str]) -> Command {
+    let binary = std::env::var("FER_SERVER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_fer-server").to_string());
+    let mut command = Command::new(binary);
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--default-model",
+            MODEL,
+        ])
+        .arg("--models-dir")
+        .arg(models)
+        .args(extra)
+        .env("RUST_LOG", "info");
+    command
+}
+
 impl Server {
     /// Starts `fer-server serve` on 127.0.0.1:0 with extra flags and waits until /readyz says 200.
     pub fn start(extra: &[&str]) -> Server {
@@ -34,25 +59,7 @@ impl Server {
     }
 
     pub fn start_in(models: &Path, extra: &[&str]) -> Server {
-        // FER_SERVER_BIN runs another build (benchmarks compare two binaries with it).
-        let binary = std::env::var("FER_SERVER_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_fer-server").to_string());
-        let mut child = Command::new(binary)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--default-model",
-                MODEL,
-            ])
-            .arg("--models-dir")
-            .arg(models)
-            .args(extra)
-            .env("RUST_LOG", "info")
+        let mut child = serve_command(models, extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
