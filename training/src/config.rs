@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::augment::AugmentConfig;
 use crate::data::Source;
 use crate::model::ModelConfig;
+use crate::thresholds::DtmParams;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,9 +43,17 @@ pub struct Config {
     /// Draw batches with equal probability per class instead of shuffling.
     #[serde(default)]
     pub class_balanced: bool,
-    /// Training mode; `supervised` is the only one this build implements.
+    /// Training mode: `supervised`, or one of the semi-supervised modes (see `[ssl]`).
     #[serde(default)]
     pub mode: Mode,
+    /// Keep an exponential moving average of the weights (decay per step, warmed up as
+    /// min(decay, (1+t)/(10+t))). It is the teacher of the semi-supervised modes (required there)
+    /// and, when set, the model that is evaluated, kept and exported.
+    #[serde(default)]
+    pub ema_decay: Option<f64>,
+    /// The semi-supervised modes' settings (ignored by `supervised`).
+    #[serde(default)]
+    pub ssl: SslConfig,
     /// Save a resumable checkpoint every this many steps (and at each epoch's end).
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
@@ -55,6 +64,69 @@ pub struct Config {
 pub enum Mode {
     #[default]
     Supervised,
+    /// A fixed confidence threshold (`ssl.tau`).
+    Fixmatch,
+    /// Class thresholds from each class's learning status.
+    Flexmatch,
+    /// A self-adaptive global threshold, class-relative thresholds and a fairness term.
+    Freematch,
+    /// This project's Dynamic Threshold Module (`ssl.dtm`).
+    Dtm,
+}
+
+impl Mode {
+    pub fn is_semi_supervised(self) -> bool {
+        self != Mode::Supervised
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Supervised => "supervised",
+            Mode::Fixmatch => "fixmatch",
+            Mode::Flexmatch => "flexmatch",
+            Mode::Freematch => "freematch",
+            Mode::Dtm => "dtm",
+        }
+    }
+}
+
+/// Unlabelled data and the unsupervised loss of the semi-supervised modes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SslConfig {
+    /// Archives of unlabelled faces, relative to `data_dir`.
+    pub unlabelled: Vec<PathBuf>,
+    /// Add the labelled train images that `labelled_fraction` leaves out, without their labels.
+    pub rest_of_train: bool,
+    /// Use at most this many images of each unlabelled archive (smoke tests).
+    pub limit_unlabelled: Option<usize>,
+    /// Unlabelled images per labelled image in a step.
+    pub mu: usize,
+    /// Weight of the unsupervised loss.
+    pub lambda_u: f32,
+    /// FixMatch's threshold, and FlexMatch's upper one.
+    pub tau: f32,
+    /// EMA decay of FreeMatch's confidence estimates.
+    pub threshold_decay: f32,
+    /// Weight of FreeMatch's self-adaptive fairness term.
+    pub fairness: f32,
+    pub dtm: DtmParams,
+}
+
+impl Default for SslConfig {
+    fn default() -> Self {
+        Self {
+            unlabelled: vec![PathBuf::from("unlabeled-faces.tar.gz")],
+            rest_of_train: true,
+            limit_unlabelled: None,
+            mu: 2,
+            lambda_u: 1.0,
+            tau: 0.95,
+            threshold_decay: 0.999,
+            fairness: 0.01,
+            dtm: DtmParams::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,6 +198,37 @@ impl Config {
         if self.model.widths.is_empty() {
             return Err("model.widths must list at least one stage".into());
         }
+        if let Some(d) = self.ema_decay
+            && !(0.0..1.0).contains(&d)
+        {
+            return Err("ema_decay must be in [0, 1)".into());
+        }
+        if self.mode.is_semi_supervised() {
+            if self.ema_decay.is_none() {
+                return Err(format!(
+                    "mode {} needs ema_decay (its teacher is the EMA of the weights)",
+                    self.mode.name()
+                ));
+            }
+            let ssl = &self.ssl;
+            if ssl.mu == 0 {
+                return Err("ssl.mu must be positive".into());
+            }
+            if ssl.unlabelled.is_empty() && !(ssl.rest_of_train && self.labelled_fraction < 1.0) {
+                return Err("semi-supervised modes need unlabelled data: ssl.unlabelled, or ssl.rest_of_train with labelled_fraction < 1".into());
+            }
+            if !(0.0..=1.0).contains(&ssl.tau) || !(0.0..1.0).contains(&ssl.threshold_decay) {
+                return Err("ssl.tau must be in [0, 1] and ssl.threshold_decay in [0, 1)".into());
+            }
+            let d = &ssl.dtm;
+            if !(0.0 < d.floor
+                && d.floor <= d.tau_start
+                && d.tau_start <= d.tau_end
+                && d.tau_end <= 1.0)
+            {
+                return Err("ssl.dtm needs 0 < floor ≤ tau_start ≤ tau_end ≤ 1".into());
+            }
+        }
         Ok(())
     }
 }
@@ -154,5 +257,45 @@ mod tests {
         assert!(toml::from_str::<Config>(base).is_ok());
         assert!(toml::from_str::<Config>(&format!("mode = \"magic\"\n{base}")).is_err());
         assert!(toml::from_str::<Config>(&format!("epoch = 3\n{base}")).is_err());
+        assert!(toml::from_str::<Config>(&format!("{base}[ssl]\nmuu = 3\n")).is_err());
+    }
+
+    #[test]
+    fn semi_supervised_modes_need_a_teacher_and_unlabelled_data() {
+        let base = "data = \"fer2013\"\nseed = 1\nepochs = 1\nbatch_size = 8\n";
+        let opt = "[optimizer]\nlearning_rate = 0.001\n";
+        let parse = |extra: &str, tail: &str| {
+            toml::from_str::<Config>(&format!("{base}{extra}{opt}{tail}"))
+                .unwrap()
+                .validate()
+        };
+        assert!(
+            parse("mode = \"dtm\"\n", "")
+                .unwrap_err()
+                .contains("ema_decay")
+        );
+        assert!(parse("mode = \"dtm\"\nema_decay = 0.999\n", "").is_ok());
+        assert!(
+            parse(
+                "mode = \"fixmatch\"\nema_decay = 0.999\n",
+                "[ssl]\nunlabelled = []\n"
+            )
+            .is_err()
+        );
+        assert!(
+            parse(
+                "mode = \"fixmatch\"\nema_decay = 0.999\nlabelled_fraction = 0.1\n",
+                "[ssl]\nunlabelled = []\n"
+            )
+            .is_ok()
+        );
+        assert!(
+            parse(
+                "mode = \"dtm\"\nema_decay = 0.999\n",
+                "[ssl.dtm]\nfloor = 0.9\n"
+            )
+            .is_err()
+        );
+        assert!(parse("", "").is_ok(), "supervised needs no [ssl]");
     }
 }

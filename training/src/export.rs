@@ -102,7 +102,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<(PathBuf, Parity)> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", model_path.display()))?;
 
     let preprocessor = Preprocessor::new(&manifest, fer_contract::DecodeLimits::default());
-    let labelled = train::load_data(req.config, &preprocessor, &manifest)?;
+    let (labelled, _) = train::load_data(req.config, &preprocessor, &manifest)?;
     let val = match req.parity_images {
         Some(n) if n < labelled.val.len() => labelled.val.subset(&(0..n).collect::<Vec<_>>()),
         _ => labelled.val.clone(),

@@ -1,11 +1,14 @@
 //! fer-train: semi-supervised facial-expression training on burn, exporting ONNX for fer-server.
 
 pub mod augment;
+pub mod batch;
 pub mod config;
 pub mod data;
+pub mod ema;
 pub mod export;
 pub mod metrics;
 pub mod model;
 pub mod report;
+pub mod ssl;
 pub mod thresholds;
 pub mod train;

@@ -118,6 +118,74 @@ pub fn plots(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow:
         .map_err(plot_err)?;
     }
     root.present().map_err(plot_err)?;
+    ssl_plot(dir, history, classes)
+}
+
+/// `thresholds.svg` for the semi-supervised modes: each class's threshold at the end of each
+/// epoch, and the share of pseudo-labels accepted (mask rate).
+fn ssl_plot(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow::Result<()> {
+    let points: Vec<(f64, &crate::train::SslRecord)> = history
+        .iter()
+        .filter_map(|h| h.ssl.as_ref().map(|s| (h.epoch as f64, s)))
+        .collect();
+    if points.is_empty() {
+        return Ok(());
+    }
+    let path = dir.join("thresholds.svg");
+    let root = SVGBackend::new(&path, (1000, 400)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let (left, right) = root.split_horizontally(600);
+    let epochs = history.len() as f64 + 1.0;
+    let mut chart = ChartBuilder::on(&left)
+        .caption("class thresholds", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(40)
+        .build_cartesian_2d(0f64..epochs, 0f64..1f64)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .draw()
+        .map_err(plot_err)?;
+    for (c, name) in classes.iter().enumerate() {
+        let colour = Palette99::pick(c).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                points
+                    .iter()
+                    .map(|(e, s)| (*e, f64::from(s.thresholds.get(c).copied().unwrap_or(0.0)))),
+                colour,
+            ))
+            .map_err(plot_err)?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(plot_err)?;
+    let mut chart = ChartBuilder::on(&right)
+        .caption("mask rate", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(40)
+        .build_cartesian_2d(0f64..epochs, 0f64..1f64)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .draw()
+        .map_err(plot_err)?;
+    chart
+        .draw_series(LineSeries::new(
+            points.iter().map(|(e, s)| (*e, s.mask_rate)),
+            &RED,
+        ))
+        .map_err(plot_err)?;
+    root.present().map_err(plot_err)?;
     Ok(())
 }
 
@@ -150,7 +218,7 @@ pub fn summary(
     let saved: RunState = serde_json::from_slice(&std::fs::read(run.state())?)?;
     let summary = Summary {
         data: config.data.describe(),
-        mode: format!("{:?}", config.mode).to_lowercase(),
+        mode: config.mode.name().to_string(),
         train_images: labelled.train.len(),
         val_images: labelled.val.len(),
         class_counts: counts,

@@ -17,6 +17,8 @@
 //!   part of FreeMatch under a threshold that follows the stage of training, from lenient to
 //!   strict, with a floor that bounds label noise.
 
+use serde::{Deserialize, Serialize};
+
 /// Class thresholds and a trust mask per batch.
 pub trait ThresholdPolicy: Send {
     /// Updates the state with a batch and returns its mask (one 0/1 weight per row).
@@ -43,6 +45,7 @@ fn mask_by_class(probs: &[f32], classes: usize, thresholds: &[f32]) -> Vec<f32> 
         .collect()
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FixMatch {
     classes: usize,
     tau: f32,
@@ -64,6 +67,7 @@ impl ThresholdPolicy for FixMatch {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FlexMatch {
     classes: usize,
     tau: f32,
@@ -119,6 +123,7 @@ impl ThresholdPolicy for FlexMatch {
 
 /// EMA state shared by FreeMatch and DTM: the mean top confidence and the mean probability of
 /// each class over recent batches, both starting at 1/C.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct ConfidenceEma {
     classes: usize,
     decay: f32,
@@ -168,22 +173,53 @@ impl ConfidenceEma {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FreeMatch {
     ema: ConfidenceEma,
+    /// EMA of the histogram of the teacher's pseudo-labels (its argmax), for the fairness term.
+    label_hist: Vec<f32>,
 }
 
 impl FreeMatch {
     pub fn new(classes: usize, decay: f32) -> Self {
         FreeMatch {
             ema: ConfidenceEma::new(classes, decay),
+            label_hist: vec![1.0 / classes as f32; classes],
         }
+    }
+
+    /// The target class distribution of FreeMatch's self-adaptive fairness term:
+    /// p̃_t / hist_t, normalised to sum to 1 (a class the teacher predicts less often than its
+    /// mean probability says weighs more).
+    pub fn fairness_target(&self) -> Vec<f32> {
+        let modulated: Vec<f32> = self
+            .ema
+            .per_class
+            .iter()
+            .zip(&self.label_hist)
+            .map(|(p, h)| if *h > 0.0 { p / h } else { 0.0 })
+            .collect();
+        let sum: f32 = modulated.iter().sum();
+        modulated.iter().map(|m| m / sum.max(1e-12)).collect()
     }
 }
 
 impl ThresholdPolicy for FreeMatch {
     fn select(&mut self, _indices: &[usize], probs: &[f32], _progress: f32) -> Vec<f32> {
         self.ema.update(probs);
-        mask_by_class(probs, self.ema.classes, &self.thresholds())
+        let classes = self.ema.classes;
+        let rows = probs.len() / classes;
+        if rows > 0 {
+            let mut hist = vec![0.0f32; classes];
+            for row in probs.chunks(classes) {
+                hist[top(row).0] += 1.0 / rows as f32;
+            }
+            let d = self.ema.decay;
+            for (e, h) in self.label_hist.iter_mut().zip(hist) {
+                *e = d * *e + (1.0 - d) * h;
+            }
+        }
+        mask_by_class(probs, classes, &self.thresholds())
     }
 
     fn thresholds(&self) -> Vec<f32> {
@@ -195,8 +231,9 @@ impl ThresholdPolicy for FreeMatch {
     }
 }
 
-/// The Dynamic Threshold Module's parameters.
-#[derive(Debug, Clone, Copy)]
+/// The Dynamic Threshold Module's parameters (`[ssl.dtm]` in a config; each has a default).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DtmParams {
     /// Stage threshold at the start of training and after `ramp` (a share of training).
     pub tau_start: f32,
@@ -206,6 +243,7 @@ pub struct DtmParams {
     pub gamma: f32,
     /// No threshold goes below this.
     pub floor: f32,
+    /// EMA decay of the per-class mean probability p̃.
     pub decay: f32,
 }
 
@@ -224,6 +262,7 @@ impl Default for DtmParams {
 
 /// T_t(c) = max(floor, τ(s) · (p̃_t(c)/max p̃_t)^γ), τ(s) = τ_start + (τ_end − τ_start)·min(1, s/ramp),
 /// s the share of training done.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Dtm {
     params: DtmParams,
     ema: ConfidenceEma,
@@ -264,6 +303,51 @@ impl ThresholdPolicy for Dtm {
             .into_iter()
             .map(|r| (tau * r.powf(self.params.gamma)).max(self.params.floor))
             .collect()
+    }
+}
+
+/// The policy of a run, whichever mode it is: saved with each checkpoint (`policy.json`) so a
+/// resumed run continues with the same thresholds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    FixMatch(FixMatch),
+    FlexMatch(FlexMatch),
+    FreeMatch(FreeMatch),
+    Dtm(Dtm),
+}
+
+impl Policy {
+    fn inner(&mut self) -> &mut dyn ThresholdPolicy {
+        match self {
+            Policy::FixMatch(p) => p,
+            Policy::FlexMatch(p) => p,
+            Policy::FreeMatch(p) => p,
+            Policy::Dtm(p) => p,
+        }
+    }
+
+    /// FreeMatch's fairness target, for FreeMatch only.
+    pub fn fairness_target(&self) -> Option<Vec<f32>> {
+        match self {
+            Policy::FreeMatch(p) => Some(p.fairness_target()),
+            _ => None,
+        }
+    }
+}
+
+impl ThresholdPolicy for Policy {
+    fn select(&mut self, indices: &[usize], probs: &[f32], progress: f32) -> Vec<f32> {
+        self.inner().select(indices, probs, progress)
+    }
+
+    fn thresholds(&self) -> Vec<f32> {
+        match self {
+            Policy::FixMatch(p) => p.thresholds(),
+            Policy::FlexMatch(p) => p.thresholds(),
+            Policy::FreeMatch(p) => p.thresholds(),
+            Policy::Dtm(p) => p.thresholds(),
+        }
     }
 }
 
@@ -313,6 +397,23 @@ mod tests {
         // τ = 0.5·0.5 + 0.5·0.9 = 0.7; p̃ = [0.7, 0.3] → T = [0.7, 0.7·0.3/0.7 = 0.3].
         let t = f.thresholds();
         assert!(close(t[0], 0.7) && close(t[1], 0.3), "{t:?}");
+        // Pseudo-labels so far: hist = 0.5·[0.5, 0.5] + 0.5·[1, 0] = [0.75, 0.25]; the fairness
+        // target p̃/hist = [0.7/0.75, 0.3/0.25], normalised.
+        let target = f.fairness_target();
+        let (a, b) = (0.7f32 / 0.75, 0.3f32 / 0.25);
+        assert!(
+            close(target[0], a / (a + b)) && close(target[1], b / (a + b)),
+            "{target:?}"
+        );
+    }
+
+    #[test]
+    fn a_policy_survives_a_checkpoint() {
+        let mut p = Policy::FlexMatch(FlexMatch::new(2, 0.9, 3));
+        p.select(&[0, 1], &[0.95, 0.05, 0.02, 0.98], 0.1);
+        let saved = serde_json::to_string(&p).unwrap();
+        let restored: Policy = serde_json::from_str(&saved).unwrap();
+        assert_eq!(restored.thresholds(), p.thresholds());
     }
 
     #[test]

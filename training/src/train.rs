@@ -15,15 +15,18 @@ use fer_contract::{Manifest, Preprocessor};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::augment;
+use crate::augment::AugmentConfig;
+use crate::batch::{ViewKind, images_tensor, view_batch};
 use crate::config::Config;
 use crate::data::{self, Dataset, Labelled};
+use crate::ema;
 use crate::metrics::{Confusion, Scores};
 use crate::model::FerNet;
 use crate::report;
+use crate::ssl::{self, LabelledBatch, SemiSupervised, StepStats, Unlabelled};
+use crate::thresholds::{Policy, ThresholdPolicy};
 
 /// Files of a run directory.
 pub struct RunDir(pub PathBuf);
@@ -47,6 +50,14 @@ impl RunDir {
     pub fn summary(&self) -> PathBuf {
         self.0.join("summary.json")
     }
+    /// The EMA of the weights (runs with `ema_decay`).
+    pub fn teacher(&self) -> PathBuf {
+        self.0.join("teacher.bpk")
+    }
+    /// The threshold policy's state (semi-supervised runs).
+    pub fn policy(&self) -> PathBuf {
+        self.0.join("policy.json")
+    }
 }
 
 /// One epoch's figures, kept in `state.json` and plotted.
@@ -58,6 +69,20 @@ pub struct EpochRecord {
     pub learning_rate: f64,
     pub val: Scores,
     pub seconds: f64,
+    /// The unlabelled half of the epoch (semi-supervised modes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl: Option<SslRecord>,
+}
+
+/// One epoch's semi-supervised figures.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SslRecord {
+    /// Mean unsupervised loss per step.
+    pub unsup_loss: f64,
+    /// Mean share of the unlabelled images whose pseudo-label was accepted.
+    pub mask_rate: f64,
+    /// Each class's threshold at the epoch's end.
+    pub thresholds: Vec<f32>,
 }
 
 /// Where a run stands; written atomically after every checkpoint.
@@ -71,6 +96,11 @@ pub struct RunState {
     pub step_in_epoch: usize,
     /// Sum of the losses of the current epoch's steps so far.
     pub epoch_loss_sum: f64,
+    /// Sums of the unsupervised losses and mask rates of the current epoch's steps so far.
+    #[serde(default)]
+    pub epoch_unsup_sum: f64,
+    #[serde(default)]
+    pub epoch_mask_sum: f64,
     pub best_macro_f1: f64,
     pub best_epoch: usize,
     pub history: Vec<EpochRecord>,
@@ -118,12 +148,14 @@ pub fn manifest_template(config: &Config, classes: &[String]) -> Manifest {
     }
 }
 
-/// Loads the labelled data a config asks for, applying its fraction and limits.
+/// Loads the labelled data a config asks for, applying its fraction and limits. The second value
+/// holds the train images that `labelled_fraction` left out (the semi-supervised modes' extra
+/// unlabelled data), `None` when it keeps them all.
 pub fn load_data(
     config: &Config,
     preprocessor: &Preprocessor,
     manifest: &Manifest,
-) -> anyhow::Result<Labelled> {
+) -> anyhow::Result<(Labelled, Option<Dataset>)> {
     let side = (
         manifest.input.width,
         manifest.input.height,
@@ -138,13 +170,15 @@ pub fn load_data(
             )
         })?;
     let classes = labelled.classes.len();
+    let mut left_out = None;
     if config.labelled_fraction < 1.0 {
-        let (keep, _) = data::stratified_split(
+        let (keep, rest) = data::stratified_split(
             &labelled.train,
             classes,
             config.labelled_fraction,
             config.seed,
         );
+        left_out = Some(labelled.train.subset(&rest));
         labelled.train = labelled.train.subset(&keep);
     }
     if let Some(limit) = config.limit_train.filter(|l| *l < labelled.train.len()) {
@@ -165,7 +199,7 @@ pub fn load_data(
         );
         labelled.val = labelled.val.subset(&keep);
     }
-    Ok(labelled)
+    Ok((labelled, left_out))
 }
 
 /// Learning rate at `step`: linear warm-up, then cosine decay to zero.
@@ -208,48 +242,6 @@ fn epoch_order(
         .collect()
 }
 
-/// Augmented (weak view), normalised batch of the given samples, as `[b, c, h, w]` data.
-fn weak_batch(
-    config: &Config,
-    train: &Dataset,
-    preprocessor: &Preprocessor,
-    indices: &[usize],
-    step_seed: u64,
-) -> Vec<f32> {
-    let len = preprocessor.input_len();
-    let mut out = vec![0.0f32; indices.len() * len];
-    out.par_chunks_mut(len)
-        .zip(indices.par_iter())
-        .enumerate()
-        .for_each(|(i, (row, &index))| {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(
-                step_seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
-            );
-            let mut pixels = train.pixels(index);
-            augment::weak(
-                &config.augment,
-                train.image(index),
-                train.width as usize,
-                train.height as usize,
-                train.channels.count(),
-                &mut rng,
-                &mut pixels.data,
-            );
-            preprocessor.normalise_into(&pixels, row);
-        });
-    out
-}
-
-fn images_tensor(data: Vec<f32>, count: usize, dataset: &Dataset, device: &Device) -> Tensor<4> {
-    let shape = [
-        count,
-        dataset.channels.count(),
-        dataset.height as usize,
-        dataset.width as usize,
-    ];
-    Tensor::<4>::from_data(TensorData::new(data, shape), device)
-}
-
 /// Logits of every image of a dataset, in order (`[n × classes]`, row-major).
 pub fn predict(
     model: &FerNet,
@@ -258,14 +250,17 @@ pub fn predict(
     device: &Device,
     batch: usize,
 ) -> anyhow::Result<Vec<f32>> {
-    let len = preprocessor.input_len();
     let mut logits = Vec::new();
     let indices: Vec<usize> = (0..dataset.len()).collect();
     for chunk in indices.chunks(batch) {
-        let mut data = vec![0.0f32; chunk.len() * len];
-        data.par_chunks_mut(len)
-            .zip(chunk.par_iter())
-            .for_each(|(row, &i)| preprocessor.normalise_into(&dataset.pixels(i), row));
+        let data = view_batch(
+            &AugmentConfig::default(),
+            dataset,
+            preprocessor,
+            chunk,
+            ViewKind::Plain,
+            0,
+        );
         let out = model.forward(images_tensor(data, chunk.len(), dataset, device));
         logits.extend(
             out.into_data()
@@ -321,50 +316,13 @@ fn save_model(model: &FerNet, path: &Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("saving {}: {e:?}", path.display()))
 }
 
-/// Trains (or resumes) the run in `run`; returns the final state.
-pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunState> {
-    std::fs::create_dir_all(&run.0)?;
-    let started = Instant::now();
-    let classes_all = config.data.classes();
-    let manifest = manifest_template(config, &classes_all);
-    let preprocessor = Preprocessor::new(&manifest, fer_contract::DecodeLimits::default());
-    let t = Instant::now();
-    let labelled = load_data(config, &preprocessor, &manifest)?;
-    let classes = labelled.classes.len();
-    tracing::info!(
-        train = labelled.train.len(),
-        val = labelled.val.len(),
-        seconds = t.elapsed().as_secs_f64(),
-        "data loaded"
-    );
-    std::fs::write(run.config(), toml::to_string_pretty(config)?)?;
-
-    let device = Device::flex().autodiff();
-    device.seed(config.seed);
-    let mut model = FerNet::new(
-        &config.model,
-        manifest.input.channels.count(),
-        classes,
-        &device,
-    );
-    let mut optimizer: ModuleOptimizer = AdamWConfig::new()
-        .with_weight_decay(config.optimizer.weight_decay)
-        .init();
-    let mut state = RunState::default();
-    if resume && run.state().is_file() {
-        state = serde_json::from_slice(&std::fs::read(run.state())?)?;
-        if state.finished {
-            tracing::info!(dir = %run.0.display(), "run already finished");
-            return Ok(state);
-        }
-        model = load_model(config, classes, &run.last_model(), &device)?;
-        let record = OptimizerRecord::load(run.last_optimizer())
-            .map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?;
-        optimizer = optimizer.load_record(record);
-        tracing::info!(epoch = state.epoch, step = state.step, "resumed");
-    }
-
-    let counts = labelled.train.class_counts(classes);
+/// The supervised loss of a config: cross-entropy with its label smoothing or class weights.
+fn supervised_loss(
+    config: &Config,
+    counts: &[usize],
+    device: &Device,
+) -> burn::nn::loss::CrossEntropyLoss {
+    let classes = counts.len();
     let mut loss_config = CrossEntropyLossConfig::new().with_smoothing(config.loss.label_smoothing);
     if config.loss.class_weights {
         let total: usize = counts.iter().sum();
@@ -380,14 +338,113 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
             .collect();
         loss_config = loss_config.with_weights(Some(weights));
     }
-    let loss_fn = loss_config.init(&device);
+    loss_config.init(device)
+}
+
+/// The models and state a checkpoint saves.
+struct Snapshot<'a> {
+    model: &'a FerNet,
+    optimizer: &'a ModuleOptimizer,
+    teacher: Option<&'a FerNet>,
+    policy: Option<&'a Policy>,
+    state: &'a RunState,
+}
+
+fn progress_message(loss: f64, lr: f64, stats: Option<(StepStats, Vec<f32>)>) -> String {
+    let mut message = format!("loss {loss:.4} lr {lr:.2e}");
+    if let Some((stats, thresholds)) = stats {
+        let t: Vec<String> = thresholds.iter().map(|t| format!("{t:.2}")).collect();
+        message.push_str(&format!(" mask {:.2} T [{}]", stats.mask_rate, t.join(" ")));
+    }
+    message
+}
+
+/// Trains (or resumes) the run in `run`; returns the final state.
+pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunState> {
+    std::fs::create_dir_all(&run.0)?;
+    let started = Instant::now();
+    let classes_all = config.data.classes();
+    let manifest = manifest_template(config, &classes_all);
+    let preprocessor = Preprocessor::new(&manifest, fer_contract::DecodeLimits::default());
+    let t = Instant::now();
+    let (labelled, left_out) = load_data(config, &preprocessor, &manifest)?;
+    let classes = labelled.classes.len();
+    let unlabelled = if config.mode.is_semi_supervised() {
+        Some(Unlabelled::load(
+            config,
+            &preprocessor,
+            &manifest,
+            left_out,
+        )?)
+    } else {
+        None
+    };
+    tracing::info!(
+        train = labelled.train.len(),
+        val = labelled.val.len(),
+        unlabelled = unlabelled.as_ref().map_or(0, Unlabelled::len),
+        seconds = t.elapsed().as_secs_f64(),
+        "data loaded"
+    );
+    std::fs::write(run.config(), toml::to_string_pretty(config)?)?;
+
+    let device = Device::flex().autodiff();
+    device.seed(config.seed);
+    let eval_device = Device::flex();
+    let mut model = FerNet::new(
+        &config.model,
+        manifest.input.channels.count(),
+        classes,
+        &device,
+    );
+    let mut optimizer: ModuleOptimizer = AdamWConfig::new()
+        .with_weight_decay(config.optimizer.weight_decay)
+        .init();
+    let mut teacher = config.ema_decay.map(|_| model.valid());
+    let mut policy = unlabelled
+        .as_ref()
+        .and_then(|u| ssl::policy(config.mode, &config.ssl, classes, u.len()));
+    let mut state = RunState::default();
+    if resume && run.state().is_file() {
+        state = serde_json::from_slice(&std::fs::read(run.state())?)?;
+        if state.finished {
+            tracing::info!(dir = %run.0.display(), "run already finished");
+            return Ok(state);
+        }
+        model = load_model(config, classes, &run.last_model(), &device)?;
+        let record = OptimizerRecord::load(run.last_optimizer())
+            .map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?;
+        optimizer = optimizer.load_record(record);
+        if teacher.is_some() {
+            teacher = Some(load_model(config, classes, &run.teacher(), &eval_device)?);
+        }
+        if policy.is_some() {
+            policy = Some(
+                serde_json::from_slice(&std::fs::read(run.policy())?)
+                    .context("the run's policy.json")?,
+            );
+        }
+        tracing::info!(epoch = state.epoch, step = state.step, "resumed");
+    }
+
+    let counts = labelled.train.class_counts(classes);
+    let loss_fn = supervised_loss(config, &counts, &device);
+    let mut semi = match (unlabelled.as_ref(), policy) {
+        (Some(unlabelled), Some(policy)) => Some(SemiSupervised {
+            config,
+            preprocessor: &preprocessor,
+            unlabelled,
+            policy,
+            classes,
+        }),
+        _ => None,
+    };
     let steps_per_epoch = labelled.train.len().div_ceil(config.batch_size);
     let total_steps = config
         .max_steps
         .unwrap_or(usize::MAX)
         .min(steps_per_epoch * config.epochs);
     let warmup = (config.optimizer.warmup_epochs * steps_per_epoch as f64) as usize;
-    let eval_device = Device::flex();
 
     while state.epoch < config.epochs && state.step < total_steps {
         let epoch_started = Instant::now();
@@ -416,89 +473,164 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
                 warmup,
                 total_steps,
             );
-            let images = weak_batch(
-                config,
+            let images = view_batch(
+                &config.augment,
                 &labelled.train,
                 &preprocessor,
                 batch,
+                ViewKind::Weak,
                 config.seed ^ state.step as u64,
             );
+            let images = images_tensor(images, batch.len(), &labelled.train, &device);
             let targets: Vec<i64> = batch
                 .iter()
                 .map(|&i| labelled.train.label(i).unwrap_or(0) as i64)
                 .collect();
-            let images = images_tensor(images, batch.len(), &labelled.train, &device);
             let targets =
                 Tensor::<1, Int>::from_data(TensorData::new(targets, [batch.len()]), &device);
-            let loss = loss_fn.forward(model.forward(images), targets);
+            let progress = state.step as f32 / total_steps.max(1) as f32;
+            let (loss, stats) = match (semi.as_mut(), teacher.as_ref()) {
+                (Some(semi), Some(teacher)) => {
+                    let (loss, stats) = semi.loss(
+                        &model,
+                        teacher,
+                        LabelledBatch { images, targets },
+                        &loss_fn,
+                        state.step,
+                        progress,
+                    )?;
+                    (loss, Some((stats, semi.policy.thresholds())))
+                }
+                _ => (loss_fn.forward(model.forward(images), targets), None),
+            };
             let loss_value = f64::from(loss.clone().into_scalar::<f32>());
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optimizer.step(lr, model, grads);
+            if let (Some(average), Some(decay)) = (teacher.take(), config.ema_decay) {
+                teacher = Some(ema::update(
+                    average,
+                    &model,
+                    ema::decay_at(decay, state.step),
+                )?);
+            }
             state.step += 1;
             state.step_in_epoch += 1;
             state.epoch_loss_sum += loss_value;
-            bar.set_message(format!("loss {loss_value:.4} lr {lr:.2e}"));
+            if let Some((s, _)) = &stats {
+                state.epoch_unsup_sum += s.unsup_loss;
+                state.epoch_mask_sum += s.mask_rate;
+            }
+            bar.set_message(progress_message(loss_value, lr, stats));
             bar.inc(1);
             if state.step % config.checkpoint_every == 0 {
-                checkpoint(run, &model, &optimizer, &state, started)?;
+                checkpoint(
+                    run,
+                    Snapshot {
+                        model: &model,
+                        optimizer: &optimizer,
+                        teacher: teacher.as_ref(),
+                        policy: semi.as_ref().map(|s| &s.policy),
+                        state: &state,
+                    },
+                    started,
+                )?;
             }
         }
         bar.finish_and_clear();
+        // The EMA, when the run keeps one, is the model that is evaluated, kept and exported.
+        let evaluated = match &teacher {
+            Some(average) => average.clone(),
+            None => model.valid().to_device(&eval_device),
+        };
         let scores = evaluate(
-            &model.valid().to_device(&eval_device),
+            &evaluated,
             &labelled.val,
             &preprocessor,
             classes,
             &eval_device,
         )?;
+        let steps = state.step_in_epoch.max(1) as f64;
         let record = EpochRecord {
             epoch: state.epoch + 1,
             step: state.step,
-            train_loss: state.epoch_loss_sum / state.step_in_epoch.max(1) as f64,
+            train_loss: state.epoch_loss_sum / steps,
             learning_rate: lr,
             val: scores.clone(),
             seconds: epoch_started.elapsed().as_secs_f64(),
+            ssl: semi.as_ref().map(|s| SslRecord {
+                unsup_loss: state.epoch_unsup_sum / steps,
+                mask_rate: state.epoch_mask_sum / steps,
+                thresholds: s.policy.thresholds(),
+            }),
         };
         println!(
-            "epoch {:>3}  step {:>6}  loss {:.4}  val acc {:.4}  val macro-F1 {:.4}  ({:.0} s)",
+            "epoch {:>3}  step {:>6}  loss {:.4}  val acc {:.4}  val macro-F1 {:.4}{}  ({:.0} s)",
             record.epoch,
             record.step,
             record.train_loss,
             scores.accuracy,
             scores.macro_f1,
+            record
+                .ssl
+                .as_ref()
+                .map(|s| format!("  mask rate {:.3}", s.mask_rate))
+                .unwrap_or_default(),
             record.seconds
         );
         if scores.macro_f1 > state.best_macro_f1 || state.history.is_empty() {
             state.best_macro_f1 = scores.macro_f1;
             state.best_epoch = record.epoch;
-            save_model(&model, &run.best_model())?;
+            save_model(&evaluated, &run.best_model())?;
         }
         state.history.push(record);
         state.epoch += 1;
         state.step_in_epoch = 0;
         state.epoch_loss_sum = 0.0;
-        checkpoint(run, &model, &optimizer, &state, started)?;
+        state.epoch_unsup_sum = 0.0;
+        state.epoch_mask_sum = 0.0;
+        checkpoint(
+            run,
+            Snapshot {
+                model: &model,
+                optimizer: &optimizer,
+                teacher: teacher.as_ref(),
+                policy: semi.as_ref().map(|s| &s.policy),
+                state: &state,
+            },
+            started,
+        )?;
         report::plots(&run.0, &state.history, &labelled.classes)?;
     }
     state.finished = true;
-    checkpoint(run, &model, &optimizer, &state, started)?;
+    checkpoint(
+        run,
+        Snapshot {
+            model: &model,
+            optimizer: &optimizer,
+            teacher: teacher.as_ref(),
+            policy: semi.as_ref().map(|s| &s.policy),
+            state: &state,
+        },
+        started,
+    )?;
     report::summary(run, config, &state, &labelled, &counts)?;
     Ok(state)
 }
 
-fn checkpoint(
-    run: &RunDir,
-    model: &FerNet,
-    optimizer: &ModuleOptimizer,
-    state: &RunState,
-    started: Instant,
-) -> anyhow::Result<()> {
-    save_model(model, &run.last_model())?;
-    optimizer
+fn checkpoint(run: &RunDir, snapshot: Snapshot, started: Instant) -> anyhow::Result<()> {
+    save_model(snapshot.model, &run.last_model())?;
+    snapshot
+        .optimizer
         .to_record()
         .save(run.last_optimizer())
         .map_err(|e| anyhow::anyhow!("saving optimizer state: {e:?}"))?;
-    let mut saved = state.clone();
+    if let Some(teacher) = snapshot.teacher {
+        save_model(teacher, &run.teacher())?;
+    }
+    if let Some(policy) = snapshot.policy {
+        write_json_atomic(&run.policy(), policy)?;
+    }
+    let mut saved = snapshot.state.clone();
     saved.wall_seconds += started.elapsed().as_secs_f64();
     write_json_atomic(&run.state(), &saved)
 }

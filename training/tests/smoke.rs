@@ -1,11 +1,12 @@
-//! CI's end-to-end smoke training: a few hundred real FER+ faces, a few steps of every mode this
-//! build implements, then the export with its ONNX Runtime parity check.
+//! CI's end-to-end smoke training: a few hundred real FER+ faces (and, for the semi-supervised
+//! modes, a few hundred real unlabelled faces), a few steps of every mode, then the export with its
+//! ONNX Runtime parity check.
 
 use std::path::PathBuf;
 
 use fer_contract::{MANIFEST_FILE, Manifest};
 use fer_train::augment::AugmentConfig;
-use fer_train::config::{Config, LossConfig, Mode, OptimizerConfig};
+use fer_train::config::{Config, LossConfig, Mode, OptimizerConfig, SslConfig};
 use fer_train::data::Source;
 use fer_train::export::{ExportRequest, export};
 use fer_train::model::ModelConfig;
@@ -36,13 +37,25 @@ fn smoke_config(mode: Mode) -> Config {
         augment: AugmentConfig::default(),
         class_balanced: false,
         mode,
+        ema_decay: mode.is_semi_supervised().then_some(0.99),
+        ssl: SslConfig {
+            limit_unlabelled: Some(192),
+            mu: 1,
+            ..SslConfig::default()
+        },
         checkpoint_every: 5,
     }
 }
 
 #[test]
 fn every_mode_trains_with_falling_loss_and_exports_with_parity() {
-    for mode in [Mode::Supervised] {
+    for mode in [
+        Mode::Supervised,
+        Mode::Fixmatch,
+        Mode::Flexmatch,
+        Mode::Freematch,
+        Mode::Dtm,
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir(dir.path().join("run"));
         let config = smoke_config(mode);
@@ -52,6 +65,17 @@ fn every_mode_trains_with_falling_loss_and_exports_with_parity() {
         let last = state.history[2].train_loss;
         assert!(last < first, "{mode:?}: loss {first} → {last} did not fall");
         assert!(state.finished);
+        if mode.is_semi_supervised() {
+            let ssl = state.history[2]
+                .ssl
+                .as_ref()
+                .expect("semi-supervised figures");
+            assert_eq!(ssl.thresholds.len(), 8);
+            assert!((0.0..=1.0).contains(&ssl.mask_rate), "{ssl:?}");
+            for file in ["teacher.bpk", "policy.json", "thresholds.svg"] {
+                assert!(run.0.join(file).is_file(), "{mode:?}: {file} missing");
+            }
+        }
         for file in [
             "best.bpk",
             "last.bpk",
