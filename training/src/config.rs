@@ -239,16 +239,18 @@ mod tests {
 
     #[test]
     fn shipped_configs_parse() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
         let mut n = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-                n += 1;
+        for dir in [root.clone(), root.join("ablation")] {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "toml") {
+                    Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                    n += 1;
+                }
             }
         }
-        assert!(n >= 1);
+        assert!(n >= 9, "{n} configs");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use fer_contract::{MANIFEST_FILE, MODEL_FILE, Manifest, Preprocessor};
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::data::Dataset;
 use crate::model::{FerNet, forward_macs};
 use crate::train::{self, RunDir, RunState, argmax};
@@ -121,7 +121,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<(PathBuf, Parity)> {
     }
 
     let p = &mut manifest.provenance;
-    p.data = vec![req.config.data.describe().to_string()];
+    p.data = data_sources(req.config);
     p.command = req.command.to_string();
     p.trainer = format!("fer-train {}", env!("CARGO_PKG_VERSION"));
     p.seed = Some(req.config.seed);
@@ -198,6 +198,78 @@ pub fn check_parity(
     })
 }
 
+/// What a model saw: the labelled set, and the unlabelled ones of the semi-supervised modes.
+fn data_sources(config: &Config) -> Vec<String> {
+    let mut sources = vec![format!(
+        "{} (`{}`{})",
+        config.data.describe(),
+        config.data.archive_name(),
+        if config.labelled_fraction < 1.0 {
+            format!(
+                ", {:.0} % of train labelled, stratified, seed {}",
+                config.labelled_fraction * 100.0,
+                config.seed
+            )
+        } else {
+            String::new()
+        }
+    )];
+    if config.mode.is_semi_supervised() {
+        for archive in &config.ssl.unlabelled {
+            sources.push(format!(
+                "unlabelled faces, no expression labels (`{}`)",
+                archive.display()
+            ));
+        }
+        if config.ssl.rest_of_train && config.labelled_fraction < 1.0 {
+            sources.push("the rest of the train split, its labels dropped".into());
+        }
+    }
+    sources
+}
+
+/// One sentence on how the model was trained.
+fn method(config: &Config) -> String {
+    let ema = config
+        .ema_decay
+        .map(|d| format!(" The exported weights are the EMA of the student's (decay {d})."))
+        .unwrap_or_default();
+    let ssl = &config.ssl;
+    let semi = |policy: String| {
+        format!(
+            "Semi-supervised training ({}): an EMA teacher pseudo-labels the weak view of {} unlabelled images per labelled one; \
+             the student learns the pseudo-labels that pass {policy} on a strong view (RandAugment-style ops and cutout), \
+             with weight λ_u = {}.{ema}",
+            config.mode.name(),
+            ssl.mu,
+            ssl.lambda_u
+        )
+    };
+    match config.mode {
+        Mode::Supervised => format!("Supervised training (cross-entropy).{ema}"),
+        Mode::Fixmatch => semi(format!("a fixed confidence threshold of {}", ssl.tau)),
+        Mode::Flexmatch => semi(format!(
+            "FlexMatch's class thresholds (τ = {}, scaled by each class's learning status)",
+            ssl.tau
+        )),
+        Mode::Freematch => semi(format!(
+            "FreeMatch's self-adaptive thresholds (EMA {}), plus its fairness term with weight {}",
+            ssl.threshold_decay, ssl.fairness
+        )),
+        Mode::Dtm => {
+            let d = &ssl.dtm;
+            semi(format!(
+                "the Dynamic Threshold Module (T_t(c) = max({}, τ(s)·(p̃_t(c)/max p̃_t)^{}), τ rising from {} to {} over the first {:.0} % of training; see training/README.md)",
+                d.floor,
+                d.gamma,
+                d.tau_start,
+                d.tau_end,
+                d.ramp * 100.0
+            ))
+        }
+    }
+}
+
 fn model_card(
     req: &ExportRequest,
     manifest: &Manifest,
@@ -212,7 +284,7 @@ fn model_card(
         manifest.input.width as usize,
         manifest.labels.len(),
     );
-    let mode = format!("{:?}", req.config.mode);
+    let mode = method(req.config);
     let mut per_class = String::new();
     if let Some(best) = best {
         for (label, f1) in manifest.labels.iter().zip(&best.val.per_class_f1) {
@@ -222,9 +294,9 @@ fn model_card(
     format!(
         "# {name} v{version}\n\n\
          Facial-expression classifier for 48×48 grayscale face crops, trained by `fer-train` (burn, flex CPU backend).\n\n\
-         ## Data\n{data}. Read in place from `../shared/data/{archive}`; the images are research data and are not redistributed here.\n\n\
-         ## Method\n{mode} training of a {params}-parameter VGG-style CNN (widths {widths:?}, {depth} conv per stage, \
-         {mmacs:.1} M multiply-accumulates per image), AdamW, cosine schedule, weak augmentation (flip, small affine).\n\n\
+         ## Data\n{data}. Read in place from `../shared/data/`; the images are research data and are not redistributed here.\n\n\
+         ## Method\n{mode} A {params}-parameter VGG-style CNN (widths {widths:?}, {depth} conv per stage, \
+         {mmacs:.1} M multiply-accumulates per image), AdamW, cosine schedule, weak augmentation (flip, small affine) of labelled images.\n\n\
          ## Reproduce\n```\n{command}\n```\nSeed {seed}. {epochs} epochs ({steps} steps), best epoch {best_epoch}, \
          {hours:.2} h of training wall time on the CPU it ran on.{stopped}\n\n\
          ## Validation metrics (best epoch)\n- accuracy: {acc:.4}\n- macro-F1: {f1:.4}\n\n| class | F1 |\n|---|---|\n{per_class}\n\
@@ -236,8 +308,7 @@ fn model_card(
          Do not use it to make decisions about people.\n",
         name = manifest.name,
         version = manifest.version,
-        data = req.config.data.describe(),
-        archive = req.config.data.archive_name(),
+        data = data_sources(req.config).join("; "),
         mode = mode,
         params = model.num_params(),
         widths = req.config.model.widths,

@@ -65,8 +65,11 @@ enum Command {
     BenchStep {
         #[arg(long, env = "FER_TRAIN_CONFIG")]
         config: PathBuf,
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, env = "FER_TRAIN_BENCH_STEPS", default_value_t = 20)]
         steps: usize,
+        /// Print one line of JSON (for scripts/bench-train.sh).
+        #[arg(long, env = "FER_TRAIN_BENCH_JSON")]
+        json: bool,
     },
 }
 
@@ -121,12 +124,16 @@ fn main() -> anyhow::Result<()> {
                 parity.images
             );
         }
-        Command::BenchStep { config, steps } => bench_step(&Config::load(&config)?, steps)?,
+        Command::BenchStep {
+            config,
+            steps,
+            json,
+        } => bench_step(&Config::load(&config)?, steps, json)?,
     }
     Ok(())
 }
 
-fn bench_step(cfg: &Config, steps: usize) -> anyhow::Result<()> {
+fn bench_step(cfg: &Config, steps: usize, json: bool) -> anyhow::Result<()> {
     let device = Device::flex().autodiff();
     device.seed(cfg.seed);
     let classes = cfg.data.classes().len();
@@ -152,6 +159,17 @@ fn bench_step(cfg: &Config, steps: usize) -> anyhow::Result<()> {
         }
     }
     let mean = times.iter().sum::<f64>() / times.len() as f64;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "seconds_per_step": mean,
+                "params": model.num_params(),
+                "batch": b,
+            })
+        );
+        return Ok(());
+    }
     println!(
         "params {}  MACs/image {:.1} M  batch {b}: {:.3} s/step, {:.2} steps/s, {:.0} images/s",
         model.num_params(),

@@ -195,6 +195,7 @@ struct Summary<'a> {
     mode: String,
     train_images: usize,
     val_images: usize,
+    unlabelled_images: usize,
     class_counts: &'a [usize],
     classes: &'a [String],
     epochs: usize,
@@ -212,6 +213,7 @@ pub fn summary(
     config: &Config,
     state: &RunState,
     labelled: &Labelled,
+    unlabelled_images: usize,
     counts: &[usize],
 ) -> anyhow::Result<()> {
     let best = state.history.iter().find(|h| h.epoch == state.best_epoch);
@@ -221,6 +223,7 @@ pub fn summary(
         mode: config.mode.name().to_string(),
         train_images: labelled.train.len(),
         val_images: labelled.val.len(),
+        unlabelled_images,
         class_counts: counts,
         classes: &labelled.classes,
         epochs: state.epoch,

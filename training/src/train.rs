@@ -613,7 +613,14 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
         },
         started,
     )?;
-    report::summary(run, config, &state, &labelled, &counts)?;
+    report::summary(
+        run,
+        config,
+        &state,
+        &labelled,
+        unlabelled.as_ref().map_or(0, Unlabelled::len),
+        &counts,
+    )?;
     Ok(state)
 }
 
