@@ -5,6 +5,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use fer_contract::Preprocessor;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 use rayon::prelude::*;
 
 use crate::augment::{self, AugmentConfig};
@@ -20,6 +21,9 @@ pub enum ViewKind {
     /// No augmentation (evaluation).
     Plain,
 }
+
+/// `augment::weak` or `augment::strong`.
+type Augmentation = fn(&AugmentConfig, &[u8], usize, usize, usize, &mut StdRng, &mut [u8]);
 
 /// `[b, c, h, w]` data of the samples at `indices`, augmented as `kind` asks and normalised with
 /// the contract's preprocessing. Each image's randomness comes from `seed` and its position, so
@@ -43,31 +47,24 @@ pub fn view_batch(
         .zip(indices.par_iter())
         .enumerate()
         .for_each(|(i, (row, &index))| {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(
-                seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
-            );
+            let mut rng =
+                StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
             let mut pixels = dataset.pixels(index);
-            let src = dataset.image(index);
-            match kind {
-                ViewKind::Weak => augment::weak(
+            let augmentation = match kind {
+                ViewKind::Weak => Some(augment::weak as Augmentation),
+                ViewKind::Strong => Some(augment::strong as Augmentation),
+                ViewKind::Plain => None,
+            };
+            if let Some(augmentation) = augmentation {
+                augmentation(
                     augment_config,
-                    src,
+                    dataset.image(index),
                     width,
                     height,
                     channels,
                     &mut rng,
                     &mut pixels.data,
-                ),
-                ViewKind::Strong => augment::strong(
-                    augment_config,
-                    src,
-                    width,
-                    height,
-                    channels,
-                    &mut rng,
-                    &mut pixels.data,
-                ),
-                ViewKind::Plain => {}
+                );
             }
             preprocessor.normalise_into(&pixels, row);
         });

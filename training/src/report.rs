@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use serde::Serialize;
 
@@ -11,6 +12,31 @@ use crate::train::{EpochRecord, RunDir, RunState};
 
 fn plot_err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("plot: {e}")
+}
+
+type EpochChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A captioned chart with epochs on x (0 to `epochs`) and 0 to `y_max` on y, its mesh drawn.
+fn epoch_axes<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    caption: &str,
+    epochs: f64,
+    y_max: f64,
+) -> anyhow::Result<EpochChart<'a, 'b>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(40)
+        .build_cartesian_2d(0f64..epochs, 0f64..y_max)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .draw()
+        .map_err(plot_err)?;
+    Ok(chart)
 }
 
 /// `curves.svg` (train loss, validation accuracy and macro-F1 per epoch) and `confusion.svg`
@@ -25,36 +51,14 @@ pub fn plots(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow:
     let (left, right) = root.split_horizontally(500);
     let epochs = history.len() as f64 + 1.0;
     let max_loss = history.iter().map(|h| h.train_loss).fold(0.0, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(&left)
-        .caption("train loss", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(40)
-        .build_cartesian_2d(0f64..epochs, 0f64..max_loss.max(1e-3))
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .draw()
-        .map_err(plot_err)?;
+    let mut chart = epoch_axes(&left, "train loss", epochs, max_loss.max(1e-3))?;
     chart
         .draw_series(LineSeries::new(
             history.iter().map(|h| (h.epoch as f64, h.train_loss)),
             &RED,
         ))
         .map_err(plot_err)?;
-    let mut chart = ChartBuilder::on(&right)
-        .caption("validation", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(40)
-        .build_cartesian_2d(0f64..epochs, 0f64..1f64)
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .draw()
-        .map_err(plot_err)?;
+    let mut chart = epoch_axes(&right, "validation", epochs, 1f64)?;
     chart
         .draw_series(LineSeries::new(
             history.iter().map(|h| (h.epoch as f64, h.val.accuracy)),
@@ -136,18 +140,7 @@ fn ssl_plot(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow::
     root.fill(&WHITE).map_err(plot_err)?;
     let (left, right) = root.split_horizontally(600);
     let epochs = history.len() as f64 + 1.0;
-    let mut chart = ChartBuilder::on(&left)
-        .caption("class thresholds", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(40)
-        .build_cartesian_2d(0f64..epochs, 0f64..1f64)
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .draw()
-        .map_err(plot_err)?;
+    let mut chart = epoch_axes(&left, "class thresholds", epochs, 1f64)?;
     for (c, name) in classes.iter().enumerate() {
         let colour = Palette99::pick(c).to_rgba();
         chart
@@ -167,18 +160,7 @@ fn ssl_plot(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow::
         .position(SeriesLabelPosition::LowerRight)
         .draw()
         .map_err(plot_err)?;
-    let mut chart = ChartBuilder::on(&right)
-        .caption("mask rate", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(40)
-        .build_cartesian_2d(0f64..epochs, 0f64..1f64)
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .draw()
-        .map_err(plot_err)?;
+    let mut chart = epoch_axes(&right, "mask rate", epochs, 1f64)?;
     chart
         .draw_series(LineSeries::new(
             points.iter().map(|(e, s)| (*e, s.mask_rate)),

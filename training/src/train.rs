@@ -439,6 +439,22 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
         }),
         _ => None,
     };
+    // Saves everything a resumed run needs, from this function's current bindings.
+    macro_rules! save_checkpoint {
+        () => {
+            checkpoint(
+                run,
+                Snapshot {
+                    model: &model,
+                    optimizer: &optimizer,
+                    teacher: teacher.as_ref(),
+                    policy: semi.as_ref().map(|s| &s.policy),
+                    state: &state,
+                },
+                started,
+            )
+        };
+    }
     let steps_per_epoch = labelled.train.len().div_ceil(config.batch_size);
     let total_steps = config
         .max_steps
@@ -523,17 +539,7 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
             bar.set_message(progress_message(loss_value, lr, stats));
             bar.inc(1);
             if state.step % config.checkpoint_every == 0 {
-                checkpoint(
-                    run,
-                    Snapshot {
-                        model: &model,
-                        optimizer: &optimizer,
-                        teacher: teacher.as_ref(),
-                        policy: semi.as_ref().map(|s| &s.policy),
-                        state: &state,
-                    },
-                    started,
-                )?;
+                save_checkpoint!()?;
             }
         }
         bar.finish_and_clear();
@@ -588,31 +594,11 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
         state.epoch_loss_sum = 0.0;
         state.epoch_unsup_sum = 0.0;
         state.epoch_mask_sum = 0.0;
-        checkpoint(
-            run,
-            Snapshot {
-                model: &model,
-                optimizer: &optimizer,
-                teacher: teacher.as_ref(),
-                policy: semi.as_ref().map(|s| &s.policy),
-                state: &state,
-            },
-            started,
-        )?;
+        save_checkpoint!()?;
         report::plots(&run.0, &state.history, &labelled.classes)?;
     }
     state.finished = true;
-    checkpoint(
-        run,
-        Snapshot {
-            model: &model,
-            optimizer: &optimizer,
-            teacher: teacher.as_ref(),
-            policy: semi.as_ref().map(|s| &s.policy),
-            state: &state,
-        },
-        started,
-    )?;
+    save_checkpoint!()?;
     report::summary(
         run,
         config,
