@@ -14,7 +14,6 @@ use burn::tensor::activation::{log_softmax, softmax};
 use fer_contract::{Manifest, Preprocessor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use serde::{Deserialize, Serialize};
 
 use crate::batch::{ViewKind, images_tensor, view_batch};
 use crate::config::{Config, Mode, SslConfig};
@@ -31,8 +30,8 @@ pub struct Unlabelled {
 
 impl Unlabelled {
     /// The unlabelled archives of the config (from `data_dir`), followed by `left_out` (the labelled
-    /// train images that `labelled_fraction` left out, their labels dropped) when
-    /// `ssl.rest_of_train` asks for them.
+    /// train images that `labelled_fraction` left out, as [`crate::train::load_data`] returns them
+    /// for `ssl.rest_of_train`), their labels dropped.
     pub fn load(
         config: &Config,
         preprocessor: &Preprocessor,
@@ -44,27 +43,21 @@ impl Unlabelled {
             manifest.input.height,
             manifest.input.channels,
         );
-        let mut data: Option<Dataset> = None;
+        let mut parts = Vec::new();
         for archive in &config.ssl.unlabelled {
             let path = config.data_dir.join(archive);
-            let part =
+            parts.push(
                 data::load_unlabelled(&path, preprocessor, side, config.ssl.limit_unlabelled)
-                    .map_err(|e| anyhow::anyhow!("unlabelled data {}: {e}", path.display()))?;
-            data = Some(match data {
-                Some(d) => d.concat(&part),
-                None => part,
-            });
+                    .map_err(|e| anyhow::anyhow!("unlabelled data {}: {e}", path.display()))?,
+            );
         }
-        if config.ssl.rest_of_train
-            && let Some(mut rest) = left_out
-        {
+        if let Some(mut rest) = left_out {
             rest.labels = None;
-            data = Some(match data {
-                Some(d) => d.concat(&rest),
-                None => rest,
-            });
+            parts.push(rest);
         }
-        let data = data
+        let data = parts
+            .into_iter()
+            .reduce(|all, part| all.concat(&part))
             .filter(|d| !d.is_empty())
             .ok_or_else(|| anyhow::anyhow!("the config gives no unlabelled images"))?;
         Ok(Unlabelled {
@@ -119,7 +112,7 @@ pub fn policy(mode: Mode, ssl: &SslConfig, classes: usize, unlabelled: usize) ->
 }
 
 /// What one step's unlabelled half did.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy)]
 pub struct StepStats {
     pub unsup_loss: f64,
     /// Share of the step's unlabelled images whose pseudo-label was accepted.

@@ -149,8 +149,8 @@ pub fn manifest_template(config: &Config, classes: &[String]) -> Manifest {
 }
 
 /// Loads the labelled data a config asks for, applying its fraction and limits. The second value
-/// holds the train images that `labelled_fraction` left out (the semi-supervised modes' extra
-/// unlabelled data), `None` when it keeps them all.
+/// holds the train images that `labelled_fraction` left out when the config uses them as
+/// unlabelled data (a semi-supervised mode with `ssl.rest_of_train`), `None` otherwise.
 pub fn load_data(
     config: &Config,
     preprocessor: &Preprocessor,
@@ -178,7 +178,9 @@ pub fn load_data(
             config.labelled_fraction,
             config.seed,
         );
-        left_out = Some(labelled.train.subset(&rest));
+        if config.mode.is_semi_supervised() && config.ssl.rest_of_train {
+            left_out = Some(labelled.train.subset(&rest));
+        }
         labelled.train = labelled.train.subset(&keep);
     }
     if let Some(limit) = config.limit_train.filter(|l| *l < labelled.train.len()) {
