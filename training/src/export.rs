@@ -293,7 +293,7 @@ fn model_card(
     }
     format!(
         "# {name} v{version}\n\n\
-         Facial-expression classifier for 48×48 grayscale face crops, trained by `fer-train` (burn, flex CPU backend).\n\n\
+         Facial-expression classifier for 48×48 grayscale face crops, trained by `fer-train` ({backend}).\n\n\
          ## Data\n{data}. Read in place from `../shared/data/`; the images are research data and are not redistributed here.\n\n\
          ## Method\n{mode} A {params}-parameter VGG-style CNN (widths {widths:?}, {depth} conv per stage, \
          {mmacs:.1} M multiply-accumulates per image), AdamW, cosine schedule, weak augmentation (flip, small affine) of labelled images.\n\n\
@@ -308,6 +308,7 @@ fn model_card(
          Do not use it to make decisions about people.\n",
         name = manifest.name,
         version = manifest.version,
+        backend = state.backend.describe(),
         data = data_sources(req.config).join("; "),
         mode = mode,
         params = model.num_params(),

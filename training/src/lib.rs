@@ -1,6 +1,7 @@
 //! fer-train: semi-supervised facial-expression training on burn, exporting ONNX for fer-server.
 
 pub mod augment;
+pub mod backend;
 pub mod batch;
 pub mod config;
 pub mod data;

@@ -11,6 +11,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use clap::{Parser, Subcommand};
 
+use fer_train::backend::TrainBackend;
 use fer_train::config::Config;
 use fer_train::export::{ExportRequest, export};
 use fer_train::model::{FerNet, forward_macs};
@@ -40,6 +41,9 @@ enum Command {
         /// Start over even when the run directory holds a checkpoint.
         #[arg(long, env = "FER_TRAIN_FRESH")]
         fresh: bool,
+        /// The burn backend that runs the steps.
+        #[arg(long, env = "FER_TRAIN_BACKEND", value_enum, default_value_t)]
+        backend: TrainBackend,
     },
     /// Export a run's best checkpoint to models/<name>/<version>/ and check ONNX parity.
     Export {
@@ -70,6 +74,9 @@ enum Command {
         /// Print one line of JSON (for scripts/bench-train.sh).
         #[arg(long, env = "FER_TRAIN_BENCH_JSON")]
         json: bool,
+        /// The burn backend that runs the steps.
+        #[arg(long, env = "FER_TRAIN_BACKEND", value_enum, default_value_t)]
+        backend: TrainBackend,
     },
 }
 
@@ -81,10 +88,15 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Train { config, run, fresh } => {
+        Command::Train {
+            config,
+            run,
+            fresh,
+            backend,
+        } => {
             let cfg = Config::load(&config)?;
             let started = Instant::now();
-            let state = train(&cfg, &RunDir(run.clone()), !fresh)?;
+            let state = train(&cfg, &RunDir(run.clone()), !fresh, backend)?;
             println!(
                 "done: {} epochs, best val macro-F1 {:.4} (epoch {}), this session {:.0} s; run in {}",
                 state.epoch,
@@ -128,13 +140,14 @@ fn main() -> anyhow::Result<()> {
             config,
             steps,
             json,
-        } => bench_step(&Config::load(&config)?, steps, json)?,
+            backend,
+        } => bench_step(&Config::load(&config)?, steps, json, backend)?,
     }
     Ok(())
 }
 
-fn bench_step(cfg: &Config, steps: usize, json: bool) -> anyhow::Result<()> {
-    let device = Device::flex().autodiff();
+fn bench_step(cfg: &Config, steps: usize, json: bool, backend: TrainBackend) -> anyhow::Result<()> {
+    let device = backend.device()?.autodiff();
     device.seed(cfg.seed);
     let classes = cfg.data.classes().len();
     let mut model = FerNet::new(&cfg.model, 1, classes, &device);

@@ -126,6 +126,8 @@ pub struct SemiSupervised<'a> {
     pub unlabelled: &'a Unlabelled,
     pub policy: Policy,
     pub classes: usize,
+    /// The teacher's device: the student's backend without autodiff.
+    pub teacher_device: Device,
 }
 
 /// One step's labelled half, already on the student's device.
@@ -155,7 +157,7 @@ impl SemiSupervised<'_> {
         let augment = &self.config.augment;
 
         // The teacher's view: weak, inference mode, no gradient.
-        let teacher_device = Device::flex();
+        let teacher_device = &self.teacher_device;
         let weak = view_batch(
             augment,
             data,
@@ -165,7 +167,7 @@ impl SemiSupervised<'_> {
             seed,
         );
         let probs = softmax(
-            teacher.forward(images_tensor(weak, n_u, data, &teacher_device)),
+            teacher.forward(images_tensor(weak, n_u, data, teacher_device)),
             1,
         )
         .into_data()

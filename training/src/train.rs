@@ -18,6 +18,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::AugmentConfig;
+use crate::backend::TrainBackend;
 use crate::batch::{ViewKind, images_tensor, view_batch};
 use crate::config::Config;
 use crate::data::{self, Dataset, Labelled};
@@ -107,6 +108,9 @@ pub struct RunState {
     /// Wall time spent training, over every session of this run.
     pub wall_seconds: f64,
     pub finished: bool,
+    /// The backend of the run's latest session (older runs: flex, the only one then).
+    #[serde(default)]
+    pub backend: TrainBackend,
 }
 
 fn write_json_atomic(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
@@ -362,7 +366,12 @@ fn progress_message(loss: f64, lr: f64, stats: Option<(StepStats, Vec<f32>)>) ->
 }
 
 /// Trains (or resumes) the run in `run`; returns the final state.
-pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunState> {
+pub fn train(
+    config: &Config,
+    run: &RunDir,
+    resume: bool,
+    backend: TrainBackend,
+) -> anyhow::Result<RunState> {
     std::fs::create_dir_all(&run.0)?;
     let started = Instant::now();
     let classes_all = config.data.classes();
@@ -390,9 +399,9 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
     );
     std::fs::write(run.config(), toml::to_string_pretty(config)?)?;
 
-    let device = Device::flex().autodiff();
+    let eval_device = backend.device()?;
+    let device = eval_device.clone().autodiff();
     device.seed(config.seed);
-    let eval_device = Device::flex();
     let mut model = FerNet::new(
         &config.model,
         manifest.input.channels.count(),
@@ -428,6 +437,7 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
         }
         tracing::info!(epoch = state.epoch, step = state.step, "resumed");
     }
+    state.backend = backend;
 
     let counts = labelled.train.class_counts(classes);
     let loss_fn = supervised_loss(config, &counts, &device);
@@ -438,6 +448,7 @@ pub fn train(config: &Config, run: &RunDir, resume: bool) -> anyhow::Result<RunS
             unlabelled,
             policy,
             classes,
+            teacher_device: eval_device.clone(),
         }),
         _ => None,
     };

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use fer_contract::{MANIFEST_FILE, Manifest};
 use fer_train::augment::AugmentConfig;
+use fer_train::backend::TrainBackend;
 use fer_train::config::{Config, LossConfig, Mode, OptimizerConfig, SslConfig};
 use fer_train::data::Source;
 use fer_train::export::{ExportRequest, export};
@@ -56,10 +57,26 @@ fn every_mode_trains_with_falling_loss_and_exports_with_parity() {
         Mode::Freematch,
         Mode::Dtm,
     ] {
+        train_and_export(mode, TrainBackend::Flex);
+    }
+}
+
+/// The libtorch backend (`cargo test -p fer-train --features tch`, after scripts/setup-libtorch.sh)
+/// trains the same way, and its checkpoints export with the same parity.
+#[cfg(feature = "tch")]
+#[test]
+fn libtorch_backend_trains_and_exports_with_parity() {
+    for mode in [Mode::Supervised, Mode::Dtm] {
+        train_and_export(mode, TrainBackend::Tch);
+    }
+}
+
+fn train_and_export(mode: Mode, backend: TrainBackend) {
+    {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir(dir.path().join("run"));
         let config = smoke_config(mode);
-        let state = train(&config, &run, true).unwrap();
+        let state = train(&config, &run, true, backend).unwrap();
         assert_eq!(state.history.len(), 3);
         let first = state.history[0].train_loss;
         let last = state.history[2].train_loss;
@@ -88,7 +105,7 @@ fn every_mode_trains_with_falling_loss_and_exports_with_parity() {
         }
 
         // Resuming a finished run does nothing and keeps its history.
-        let again = train(&config, &run, true).unwrap();
+        let again = train(&config, &run, true, backend).unwrap();
         assert_eq!(again.history.len(), 3);
 
         let models = dir.path().join("models");
@@ -112,5 +129,6 @@ fn every_mode_trains_with_falling_loss_and_exports_with_parity() {
         assert!(version_dir.join("model.onnx").is_file());
         let card = std::fs::read_to_string(version_dir.join("MODEL_CARD.md")).unwrap();
         assert!(card.contains("cargo test -p fer-train --test smoke"));
+        assert!(card.contains(backend.describe()), "{card}");
     }
 }
