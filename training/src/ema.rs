@@ -60,7 +60,11 @@ impl ModuleMapper for Blend {
 /// teacher ← decay·teacher + (1 − decay)·student, for every weight and running statistic.
 pub fn update(teacher: FerNet, student: &FerNet, decay: f64) -> anyhow::Result<FerNet> {
     let mut collect = Collect(Vec::new());
-    student.visit(&mut collect);
+    // `valid()` first: a batch-norm running statistic holds its latest update aside until the
+    // next read, and a visitor sees the value before it. Without the sync the teacher would
+    // average statistics one step old, and a resumed run (whose checkpoint saved the synced
+    // value) would drift from the run it continues.
+    student.valid().visit(&mut collect);
     let expected = collect.0.len();
     let mut blend = Blend {
         student: collect.0.into_iter(),

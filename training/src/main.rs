@@ -15,7 +15,7 @@ use fer_train::backend::TrainBackend;
 use fer_train::config::Config;
 use fer_train::export::{ExportRequest, export};
 use fer_train::model::{FerNet, forward_macs};
-use fer_train::train::{RunDir, train};
+use fer_train::train::{RunDir, Session, train};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +44,9 @@ enum Command {
         /// The burn backend that runs the steps.
         #[arg(long, env = "FER_TRAIN_BACKEND", value_enum, default_value_t)]
         backend: TrainBackend,
+        /// Stop this session after N steps, checkpointed; running the command again resumes.
+        #[arg(long, env = "FER_TRAIN_STOP_AFTER_STEPS")]
+        stop_after_steps: Option<usize>,
     },
     /// Export a run's best checkpoint to models/<name>/<version>/ and check ONNX parity.
     Export {
@@ -93,12 +96,19 @@ fn main() -> anyhow::Result<()> {
             run,
             fresh,
             backend,
+            stop_after_steps,
         } => {
             let cfg = Config::load(&config)?;
             let started = Instant::now();
-            let state = train(&cfg, &RunDir(run.clone()), !fresh, backend)?;
+            let session = Session {
+                resume: !fresh,
+                backend,
+                stop_after_steps,
+            };
+            let state = train(&cfg, &RunDir(run.clone()), session)?;
             println!(
-                "done: {} epochs, best val macro-F1 {:.4} (epoch {}), this session {:.0} s; run in {}",
+                "{}: {} epochs, best val macro-F1 {:.4} (epoch {}), this session {:.0} s; run in {}",
+                if state.finished { "done" } else { "stopped" },
                 state.epoch,
                 state.best_macro_f1,
                 state.best_epoch,

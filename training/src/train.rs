@@ -365,13 +365,35 @@ fn progress_message(loss: f64, lr: f64, stats: Option<(StepStats, Vec<f32>)>) ->
     message
 }
 
-/// Trains (or resumes) the run in `run`; returns the final state.
-pub fn train(
-    config: &Config,
-    run: &RunDir,
-    resume: bool,
-    backend: TrainBackend,
-) -> anyhow::Result<RunState> {
+/// How one session of a run goes (the config says what the run is).
+#[derive(Debug, Clone, Copy)]
+pub struct Session {
+    /// Continue from the run directory's checkpoint, when it holds one.
+    pub resume: bool,
+    pub backend: TrainBackend,
+    /// Stop after this many steps of this session, checkpointed; the run stays unfinished and the
+    /// next session resumes it (for a time-boxed machine, and for the resume test).
+    pub stop_after_steps: Option<usize>,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session {
+            resume: true,
+            backend: TrainBackend::default(),
+            stop_after_steps: None,
+        }
+    }
+}
+
+/// Trains (or resumes) the run in `run`; returns the state it reached (`finished` unless the
+/// session was told to stop early).
+pub fn train(config: &Config, run: &RunDir, session: Session) -> anyhow::Result<RunState> {
+    let Session {
+        resume,
+        backend,
+        stop_after_steps,
+    } = session;
     std::fs::create_dir_all(&run.0)?;
     let started = Instant::now();
     let classes_all = config.data.classes();
@@ -474,6 +496,7 @@ pub fn train(
         .unwrap_or(usize::MAX)
         .min(steps_per_epoch * config.epochs);
     let warmup = (config.optimizer.warmup_epochs * steps_per_epoch as f64) as usize;
+    let stop_at = stop_after_steps.map(|n| state.step + n);
 
     while state.epoch < config.epochs && state.step < total_steps {
         let epoch_started = Instant::now();
@@ -553,6 +576,15 @@ pub fn train(
             bar.inc(1);
             if state.step % config.checkpoint_every == 0 {
                 save_checkpoint!()?;
+            }
+            if stop_at == Some(state.step) && state.step < total_steps {
+                bar.finish_and_clear();
+                save_checkpoint!()?;
+                tracing::info!(
+                    step = state.step,
+                    "stopped as asked; the next session resumes here"
+                );
+                return Ok(state);
             }
         }
         bar.finish_and_clear();

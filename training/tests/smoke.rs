@@ -11,7 +11,7 @@ use fer_train::config::{Config, LossConfig, Mode, OptimizerConfig, SslConfig};
 use fer_train::data::Source;
 use fer_train::export::{ExportRequest, export};
 use fer_train::model::ModelConfig;
-use fer_train::train::{RunDir, train};
+use fer_train::train::{RunDir, Session, train};
 
 fn smoke_config(mode: Mode) -> Config {
     Config {
@@ -76,7 +76,11 @@ fn train_and_export(mode: Mode, backend: TrainBackend) {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir(dir.path().join("run"));
         let config = smoke_config(mode);
-        let state = train(&config, &run, true, backend).unwrap();
+        let session = Session {
+            backend,
+            ..Session::default()
+        };
+        let state = train(&config, &run, session).unwrap();
         assert_eq!(state.history.len(), 3);
         let first = state.history[0].train_loss;
         let last = state.history[2].train_loss;
@@ -105,7 +109,7 @@ fn train_and_export(mode: Mode, backend: TrainBackend) {
         }
 
         // Resuming a finished run does nothing and keeps its history.
-        let again = train(&config, &run, true, backend).unwrap();
+        let again = train(&config, &run, session).unwrap();
         assert_eq!(again.history.len(), 3);
 
         let models = dir.path().join("models");
@@ -130,5 +134,86 @@ fn train_and_export(mode: Mode, backend: TrainBackend) {
         let card = std::fs::read_to_string(version_dir.join("MODEL_CARD.md")).unwrap();
         assert!(card.contains("cargo test -p fer-train --test smoke"));
         assert!(card.contains(backend.describe()), "{card}");
+    }
+}
+
+/// A semi-supervised run stopped mid-epoch (off the checkpoint interval) and resumed ends where the
+/// same run without a stop ends: the student, the optimiser, the EMA teacher, the threshold policy's
+/// state (FlexMatch's per-image classes, DTM's EMAs), the epoch's partial sums and the
+/// step-determined draws all come back. (The smoke network has no dropout, whose masks a resumed
+/// session draws afresh.)
+#[test]
+fn a_semi_supervised_run_stopped_mid_epoch_resumes_to_the_same_result() {
+    for mode in [Mode::Flexmatch, Mode::Dtm] {
+        let config = smoke_config(mode);
+        let dir = tempfile::tempdir().unwrap();
+        let whole = train(
+            &config,
+            &RunDir(dir.path().join("whole")),
+            Session::default(),
+        )
+        .unwrap();
+
+        let split = RunDir(dir.path().join("split"));
+        let stopped = train(
+            &config,
+            &split,
+            Session {
+                stop_after_steps: Some(7),
+                ..Session::default()
+            },
+        )
+        .unwrap();
+        assert!(!stopped.finished);
+        assert_eq!(
+            (stopped.epoch, stopped.step, stopped.step_in_epoch),
+            (0, 7, 7)
+        );
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(split.state()).unwrap()).unwrap();
+        assert_eq!(saved["step"], 7, "the stop is checkpointed");
+        let resumed = train(&config, &split, Session::default()).unwrap();
+
+        assert!(resumed.finished);
+        assert_eq!(resumed.step, whole.step);
+        assert_eq!(resumed.history.len(), whole.history.len());
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * a.abs().max(1.0);
+        for (a, b) in resumed.history.iter().zip(&whole.history) {
+            let at = format!("{mode:?} epoch {}", a.epoch);
+            assert!(
+                close(a.train_loss, b.train_loss),
+                "{at}: loss {} vs {}",
+                a.train_loss,
+                b.train_loss
+            );
+            assert!(
+                close(a.val.macro_f1, b.val.macro_f1),
+                "{at}: {:?} vs {:?}",
+                a.val,
+                b.val
+            );
+            assert!(close(a.val.accuracy, b.val.accuracy), "{at}");
+            let (sa, sb) = (a.ssl.as_ref().unwrap(), b.ssl.as_ref().unwrap());
+            assert!(
+                close(sa.unsup_loss, sb.unsup_loss),
+                "{at}: {sa:?} vs {sb:?}"
+            );
+            assert!(close(sa.mask_rate, sb.mask_rate), "{at}: {sa:?} vs {sb:?}");
+            for (ta, tb) in sa.thresholds.iter().zip(&sb.thresholds) {
+                assert!(
+                    close(f64::from(*ta), f64::from(*tb)),
+                    "{at}: {sa:?} vs {sb:?}"
+                );
+            }
+        }
+        if mode == Mode::Flexmatch {
+            // Pseudo-labels were accepted, so the unlabelled path is part of what had to resume.
+            assert!(
+                whole
+                    .history
+                    .iter()
+                    .any(|h| h.ssl.as_ref().unwrap().mask_rate > 0.0)
+            );
+        }
     }
 }
