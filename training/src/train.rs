@@ -394,6 +394,10 @@ pub fn train(config: &Config, run: &RunDir, session: Session) -> anyhow::Result<
         backend,
         stop_after_steps,
     } = session;
+    anyhow::ensure!(
+        stop_after_steps != Some(0),
+        "stop_after_steps must be at least 1"
+    );
     std::fs::create_dir_all(&run.0)?;
     let started = Instant::now();
     let classes_all = config.data.classes();
