@@ -1,5 +1,9 @@
-//! `fer-train export`: ONNX graph + manifest + model card into `models/<name>/<version>/`, then a
+//! `fer-train export`: ONNX graph + manifest + model card into `models/<name>/<version>/`, after a
 //! parity check of ONNX Runtime against the burn model on real validation images.
+//!
+//! Everything is written under `models/.staging/` first (a name fer-server ignores) and renamed into
+//! place only once parity has passed, so a watching server never sees a half-written version, and a
+//! failed export leaves the version that was there untouched.
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +18,7 @@ use ort::value::TensorRef;
 use crate::config::{Config, Mode};
 use crate::data::Dataset;
 use crate::model::{FerNet, forward_macs};
-use crate::train::{self, RunDir, RunState, argmax};
+use crate::train::{self, EpochRecord, RunDir, RunState, argmax};
 
 /// Largest |Δlogit| between burn and ONNX Runtime that parity accepts.
 pub const PARITY_TOLERANCE: f32 = 1e-4;
@@ -82,13 +86,60 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<(PathBuf, Parity)> {
         )
         .map_err(|e| anyhow::anyhow!("ONNX export: {e}"))?;
 
+    let staging = req.models_dir.join(".staging").join(format!(
+        "{}-{}-{}",
+        req.name,
+        req.version,
+        std::process::id()
+    ));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
+    let written = write_version(req, &staging, onnx.as_bytes(), manifest, best, &state);
+    let parity = match written {
+        Ok(parity) => parity,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
     let dir = req.models_dir.join(req.name).join(req.version.to_string());
-    std::fs::create_dir_all(&dir)?;
+    publish(&staging, &dir)?;
+    Ok((dir, parity))
+}
+
+/// Moves a finished version folder into place. A new version appears in one rename; an existing one
+/// is first moved aside, then replaced, then deleted.
+fn publish(staging: &Path, dir: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if dir.exists() {
+        let old = staging.with_extension("replaced");
+        std::fs::rename(dir, &old)
+            .with_context(|| format!("moving the old {} aside", dir.display()))?;
+        std::fs::rename(staging, dir)?;
+        std::fs::remove_dir_all(&old)?;
+    } else {
+        std::fs::rename(staging, dir)?;
+    }
+    Ok(())
+}
+
+/// Writes the graph, checks parity, then writes the manifest and model card, all into `dir`.
+fn write_version(
+    req: &ExportRequest,
+    dir: &Path,
+    onnx: &[u8],
+    mut manifest: Manifest,
+    best: &EpochRecord,
+    state: &RunState,
+) -> anyhow::Result<Parity> {
+    let classes = req.config.data.classes();
     let model_path = dir.join(MODEL_FILE);
-    // Publish by rename so that a watching server never sees a half-written graph.
-    let tmp = dir.join(format!(".{MODEL_FILE}.tmp"));
-    std::fs::write(&tmp, onnx.as_bytes())?;
-    std::fs::rename(&tmp, &model_path)?;
+    std::fs::write(&model_path, onnx)?;
+    let device = Device::flex();
 
     let (_, environment) = fer_contract::onnx::runtime(req.ort_dylib)?;
     let mut session = Session::builder(environment)
@@ -149,9 +200,9 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<(PathBuf, Parity)> {
     manifest.save(&dir.join(MANIFEST_FILE))?;
     std::fs::write(
         dir.join("MODEL_CARD.md"),
-        model_card(req, &manifest, &model, &state, &parity),
+        model_card(req, &manifest, &model, state, &parity),
     )?;
-    Ok((dir, parity))
+    Ok(parity)
 }
 
 /// Compares burn's and ONNX Runtime's logits on the same preprocessed images.

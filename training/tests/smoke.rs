@@ -131,6 +131,34 @@ fn train_and_export(mode: Mode, backend: TrainBackend) {
         assert_eq!(manifest.labels.len(), 8);
         assert!(manifest.provenance.metrics.contains_key("val_macro_f1"));
         assert!(version_dir.join("model.onnx").is_file());
+        // Staged, then renamed into place: nothing is left beside the repository's models.
+        let staged: Vec<_> = std::fs::read_dir(models.join(".staging"))
+            .unwrap()
+            .collect();
+        assert!(staged.is_empty(), "{staged:?}");
+        if mode == Mode::Supervised {
+            // A second export of the same version replaces the first one whole.
+            std::fs::write(version_dir.join("stale.txt"), "from the first export").unwrap();
+            let (again, parity) = export(&ExportRequest {
+                config: &config,
+                run: &run,
+                models_dir: &models,
+                name: "smoke",
+                version: 2,
+                command: "cargo test -p fer-train --test smoke",
+                ort_dylib: None,
+                parity_images: Some(16),
+            })
+            .unwrap();
+            assert_eq!(again, version_dir);
+            assert_eq!(parity.images, 16);
+            assert!(!version_dir.join("stale.txt").exists());
+            assert!(version_dir.join("model.onnx").is_file());
+            assert_eq!(
+                std::fs::read_dir(models.join(".staging")).unwrap().count(),
+                0
+            );
+        }
         let card = std::fs::read_to_string(version_dir.join("MODEL_CARD.md")).unwrap();
         assert!(card.contains("cargo test -p fer-train --test smoke"));
         assert!(card.contains(backend.describe()), "{card}");
