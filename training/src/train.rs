@@ -578,12 +578,12 @@ pub fn train(config: &Config, run: &RunDir, session: Session) -> anyhow::Result<
             }
             bar.set_message(progress_message(loss_value, lr, stats));
             bar.inc(1);
-            if state.step % config.checkpoint_every == 0 {
+            let stopping = stop_at == Some(state.step) && state.step < total_steps;
+            if state.step % config.checkpoint_every == 0 || stopping {
                 save_checkpoint!()?;
             }
-            if stop_at == Some(state.step) && state.step < total_steps {
+            if stopping {
                 bar.finish_and_clear();
-                save_checkpoint!()?;
                 tracing::info!(
                     step = state.step,
                     "stopped as asked; the next session resumes here"

@@ -72,97 +72,85 @@ fn libtorch_backend_trains_and_exports_with_parity() {
 }
 
 fn train_and_export(mode: Mode, backend: TrainBackend) {
-    {
-        let dir = tempfile::tempdir().unwrap();
-        let run = RunDir(dir.path().join("run"));
-        let config = smoke_config(mode);
-        let session = Session {
-            backend,
-            ..Session::default()
-        };
-        let state = train(&config, &run, session).unwrap();
-        assert_eq!(state.history.len(), 3);
-        let first = state.history[0].train_loss;
-        let last = state.history[2].train_loss;
-        assert!(last < first, "{mode:?}: loss {first} → {last} did not fall");
-        assert!(state.finished);
-        if mode.is_semi_supervised() {
-            let ssl = state.history[2]
-                .ssl
-                .as_ref()
-                .expect("semi-supervised figures");
-            assert_eq!(ssl.thresholds.len(), 8);
-            assert!((0.0..=1.0).contains(&ssl.mask_rate), "{ssl:?}");
-            for file in ["teacher.bpk", "policy.json", "thresholds.svg"] {
-                assert!(run.0.join(file).is_file(), "{mode:?}: {file} missing");
-            }
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir(dir.path().join("run"));
+    let config = smoke_config(mode);
+    let session = Session {
+        backend,
+        ..Session::default()
+    };
+    let state = train(&config, &run, session).unwrap();
+    assert_eq!(state.history.len(), 3);
+    let first = state.history[0].train_loss;
+    let last = state.history[2].train_loss;
+    assert!(last < first, "{mode:?}: loss {first} → {last} did not fall");
+    assert!(state.finished);
+    if mode.is_semi_supervised() {
+        let ssl = state.history[2]
+            .ssl
+            .as_ref()
+            .expect("semi-supervised figures");
+        assert_eq!(ssl.thresholds.len(), 8);
+        assert!((0.0..=1.0).contains(&ssl.mask_rate), "{ssl:?}");
+        for file in ["teacher.bpk", "policy.json", "thresholds.svg"] {
+            assert!(run.0.join(file).is_file(), "{mode:?}: {file} missing");
         }
-        for file in [
-            "best.bpk",
-            "last.bpk",
-            "state.json",
-            "summary.json",
-            "curves.svg",
-            "confusion.svg",
-        ] {
-            assert!(run.0.join(file).is_file(), "{file} missing");
-        }
-
-        // Resuming a finished run does nothing and keeps its history.
-        let again = train(&config, &run, session).unwrap();
-        assert_eq!(again.history.len(), 3);
-
-        let models = dir.path().join("models");
-        let (version_dir, parity) = export(&ExportRequest {
-            config: &config,
-            run: &run,
-            models_dir: &models,
-            name: "smoke",
-            version: 2,
-            command: "cargo test -p fer-train --test smoke",
-            ort_dylib: None,
-            parity_images: None,
-        })
-        .unwrap();
-        assert_eq!(parity.images, 128);
-        assert!(parity.passed(), "{parity:?}");
-        let manifest = Manifest::load(&version_dir.join(MANIFEST_FILE)).unwrap();
-        assert_eq!((manifest.name.as_str(), manifest.version), ("smoke", 2));
-        assert_eq!(manifest.labels.len(), 8);
-        assert!(manifest.provenance.metrics.contains_key("val_macro_f1"));
-        assert!(version_dir.join("model.onnx").is_file());
-        // Staged, then renamed into place: nothing is left beside the repository's models.
-        let staged: Vec<_> = std::fs::read_dir(models.join(".staging"))
-            .unwrap()
-            .collect();
-        assert!(staged.is_empty(), "{staged:?}");
-        if mode == Mode::Supervised {
-            // A second export of the same version replaces the first one whole.
-            std::fs::write(version_dir.join("stale.txt"), "from the first export").unwrap();
-            let (again, parity) = export(&ExportRequest {
-                config: &config,
-                run: &run,
-                models_dir: &models,
-                name: "smoke",
-                version: 2,
-                command: "cargo test -p fer-train --test smoke",
-                ort_dylib: None,
-                parity_images: Some(16),
-            })
-            .unwrap();
-            assert_eq!(again, version_dir);
-            assert_eq!(parity.images, 16);
-            assert!(!version_dir.join("stale.txt").exists());
-            assert!(version_dir.join("model.onnx").is_file());
-            assert_eq!(
-                std::fs::read_dir(models.join(".staging")).unwrap().count(),
-                0
-            );
-        }
-        let card = std::fs::read_to_string(version_dir.join("MODEL_CARD.md")).unwrap();
-        assert!(card.contains("cargo test -p fer-train --test smoke"));
-        assert!(card.contains(backend.describe()), "{card}");
     }
+    for file in [
+        "best.bpk",
+        "last.bpk",
+        "state.json",
+        "summary.json",
+        "curves.svg",
+        "confusion.svg",
+    ] {
+        assert!(run.0.join(file).is_file(), "{file} missing");
+    }
+
+    // Resuming a finished run does nothing and keeps its history.
+    let again = train(&config, &run, session).unwrap();
+    assert_eq!(again.history.len(), 3);
+
+    let models = dir.path().join("models");
+    let request = |parity_images| ExportRequest {
+        config: &config,
+        run: &run,
+        models_dir: &models,
+        name: "smoke",
+        version: 2,
+        command: "cargo test -p fer-train --test smoke",
+        ort_dylib: None,
+        parity_images,
+    };
+    let (version_dir, parity) = export(&request(None)).unwrap();
+    assert_eq!(parity.images, 128);
+    assert!(parity.passed(), "{parity:?}");
+    let manifest = Manifest::load(&version_dir.join(MANIFEST_FILE)).unwrap();
+    assert_eq!((manifest.name.as_str(), manifest.version), ("smoke", 2));
+    assert_eq!(manifest.labels.len(), 8);
+    assert!(manifest.provenance.metrics.contains_key("val_macro_f1"));
+    assert!(version_dir.join("model.onnx").is_file());
+    // Staged, then renamed into place: nothing is left beside the repository's models.
+    let staged: Vec<_> = std::fs::read_dir(models.join(".staging"))
+        .unwrap()
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
+    if mode == Mode::Supervised {
+        // A second export of the same version replaces the first one whole.
+        std::fs::write(version_dir.join("stale.txt"), "from the first export").unwrap();
+        let (again, parity) = export(&request(Some(16))).unwrap();
+        assert_eq!(again, version_dir);
+        assert_eq!(parity.images, 16);
+        assert!(!version_dir.join("stale.txt").exists());
+        assert!(version_dir.join("model.onnx").is_file());
+        assert_eq!(
+            std::fs::read_dir(models.join(".staging")).unwrap().count(),
+            0
+        );
+    }
+    let card = std::fs::read_to_string(version_dir.join("MODEL_CARD.md")).unwrap();
+    assert!(card.contains("cargo test -p fer-train --test smoke"));
+    assert!(card.contains(backend.describe()), "{card}");
 }
 
 /// A semi-supervised run stopped mid-epoch (off the checkpoint interval) and resumed ends where the
