@@ -1,3 +1,5 @@
+use std::io::IsTerminal;
+
 use clap::Parser;
 
 #[cfg(feature = "mimalloc")]
@@ -5,11 +7,13 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use fer_server::config::{Cli, Command, LogFormat};
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,ort=error".into());
+/// Logs to stderr, filtered by `RUST_LOG` or else `default`; coloured only on a terminal.
+fn init_logging(format: LogFormat, default: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -32,7 +36,7 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            init_logging(args.log_format);
+            init_logging(args.log_format, "info,ort=error");
             let server = fer_server::server::Server::build(&args)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -43,12 +47,13 @@ fn run() -> anyhow::Result<()> {
                 server.run(http, grpc).await
             })
         }
+        // The offline commands print their results; their logs stay quiet unless asked for.
         Command::Classify(args) => {
-            init_logging(LogFormat::Text);
+            init_logging(LogFormat::Text, "warn,ort=error");
             fer_server::cli::classify::run(&args)
         }
         Command::ScoreVideo(args) => {
-            init_logging(LogFormat::Text);
+            init_logging(LogFormat::Text, "warn,ort=error");
             fer_server::cli::video::run(&args)
         }
         Command::Healthcheck {

@@ -297,6 +297,15 @@ async fn a_corpus_of_bad_inputs_gets_documented_4xx_and_never_a_5xx() {
             code: "bad_request",
         },
         Case {
+            name: "top_k of zero",
+            request: c
+                .post(server.url("/v1/classify?top_k=0"))
+                .header("content-type", "image/png")
+                .body(png.clone()),
+            status: 400,
+            code: "bad_request",
+        },
+        Case {
             name: "unknown route",
             request: c.get(server.url("/v1/nothing")),
             status: 404,

@@ -299,6 +299,20 @@ async fn models_health_docs_and_metrics_endpoints() {
         200
     );
 
+    // The Open Inference Protocol's health bodies, for clients that read them.
+    assert_eq!(
+        get_json(&server, "/v2/health/live").await,
+        serde_json::json!({"live": true})
+    );
+    assert_eq!(
+        get_json(&server, "/v2/health/ready").await,
+        serde_json::json!({"ready": true})
+    );
+    assert_eq!(
+        get_json(&server, "/v2/models/ferplus/ready").await,
+        serde_json::json!({"name": "ferplus", "ready": true})
+    );
+
     let models: Value = get_json(&server, "/v1/models").await;
     assert_eq!(models["default_model"], MODEL);
     let ferplus = models["models"]

@@ -35,6 +35,23 @@ fn score_video(args: &[&str]) -> String {
     stdout
 }
 
+/// Runs `score-video` expecting it to fail; returns its stderr.
+fn score_video_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_fer-server"))
+        .arg("score-video")
+        .args(args)
+        .args(["--quiet", "--models-dir"])
+        .arg(repo().join("models"))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn timeline(dir: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(dir.join("timeline.json")).unwrap()).unwrap()
 }
@@ -146,6 +163,37 @@ async fn a_video_of_known_faces_gives_their_labels_over_time() {
     for (a, b) in frames.iter().zip(l["frames"].as_array().unwrap()) {
         assert_eq!(a["faces"][0]["label"], b["faces"][0]["label"]);
     }
+
+    // Without --out the timeline goes beside the video, named after it.
+    score_video(&[
+        video.to_str().unwrap(),
+        "--no-detect",
+        "--local",
+        "--fps",
+        "5",
+    ]);
+    let beside = video.with_file_name(format!(
+        "{}.timeline",
+        video.file_name().unwrap().to_str().unwrap()
+    ));
+    assert_eq!(timeline(&beside)["frames"].as_array().unwrap().len(), 15);
+
+    // Detection against a server without a detector stops at the first frame and says what to do.
+    let none = dir.path().join("none");
+    let error = score_video_fails(&[
+        video.to_str().unwrap(),
+        "--fps",
+        "5",
+        "--server",
+        &server.grpc,
+        "--out",
+        none.to_str().unwrap(),
+    ]);
+    assert!(
+        error.contains("no face detector") && error.contains("--no-detect"),
+        "{error}"
+    );
+    assert!(!none.exists(), "nothing written");
 }
 
 #[tokio::test(flavor = "multi_thread")]

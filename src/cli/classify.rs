@@ -37,7 +37,10 @@ pub fn run(args: &ClassifyArgs) -> anyhow::Result<()> {
     for file in &args.files {
         let result = std::fs::read(file)
             .with_context(|| format!("reading {}", file.display()))
-            .and_then(|bytes| Ok(preprocessor.preprocess_into(&bytes, &mut row)?));
+            .and_then(|bytes| {
+                warn_if_not_a_face_crop(file, &bytes, &manifest);
+                Ok(preprocessor.preprocess_into(&bytes, &mut row)?)
+            });
         if let Err(e) = result {
             failures += 1;
             if args.json {
@@ -95,8 +98,41 @@ pub fn run(args: &ClassifyArgs) -> anyhow::Result<()> {
 
 fn newest_version(model_dir: &std::path::Path) -> anyhow::Result<u64> {
     std::fs::read_dir(model_dir)
-        .with_context(|| format!("reading {}", model_dir.display()))?
+        .with_context(|| {
+            format!(
+                "no model folder {}: point --models-dir (or FER_MODELS_DIR) at a model repository, \
+                 such as the checkout's models/ or the container's /models",
+                model_dir.display()
+            )
+        })?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
         .max()
         .with_context(|| format!("{} holds no version folder", model_dir.display()))
 }
+
+/// `classify` takes face crops: a picture several times the model's input side is most likely a
+/// photo, whose label would be meaningless; say so on stderr (the label is still printed).
+fn warn_if_not_a_face_crop(
+    file: &std::path::Path,
+    bytes: &[u8],
+    manifest: &fer_contract::Manifest,
+) {
+    let Ok((width, height)) = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(image::ImageError::from)
+        .and_then(|r| r.into_dimensions())
+    else {
+        return;
+    };
+    let side = manifest.input.width.max(manifest.input.height);
+    if width.min(height) > side.saturating_mul(PHOTO_FACTOR) {
+        eprintln!(
+            "note: {} is {width}×{height}: `classify` expects a cropped face (the model sees {side}×{side}); \
+             for a photo, POST it to /v1/analyze of a server with a face detector, which finds and crops every face",
+            file.display()
+        );
+    }
+}
+
+/// A picture whose shorter side exceeds this many model input sides is treated as a photo.
+const PHOTO_FACTOR: u32 = 6;

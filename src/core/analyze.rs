@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use fer_contract::{DecodeLimits, Pixels};
 
-use crate::backend::detector::{DetectOptions, Detection, FaceDetector};
+use crate::backend::detector::{DetectOptions, Detection, FaceDetector, crop_box};
 use crate::core::classify::{self, Prediction};
 use crate::core::registry::LoadedModel;
 use crate::error::Error;
@@ -98,22 +98,6 @@ pub struct Analysis {
     pub faces: Vec<Face>,
 }
 
-/// The square crop around a face box, grown by `margin`, clamped to the image.
-pub fn crop_box(d: &Detection, margin: f32, width: u32, height: u32) -> (u32, u32, u32, u32) {
-    let side = (d.x1 - d.x0).max(d.y1 - d.y0) * (1.0 + 2.0 * margin.max(0.0));
-    let (cx, cy) = ((d.x0 + d.x1) / 2.0, (d.y0 + d.y1) / 2.0);
-    let x0 = (cx - side / 2.0).clamp(0.0, width as f32);
-    let y0 = (cy - side / 2.0).clamp(0.0, height as f32);
-    let x1 = (cx + side / 2.0).clamp(0.0, width as f32);
-    let y1 = (cy + side / 2.0).clamp(0.0, height as f32);
-    (
-        x0 as u32,
-        y0 as u32,
-        ((x1 - x0).round() as u32).max(1),
-        ((y1 - y0).round() as u32).max(1),
-    )
-}
-
 /// Finds and classifies every face of every image; answers in input order.
 pub async fn analyze(
     detectors: &Arc<DetectorPool>,
@@ -175,23 +159,4 @@ pub async fn analyze(
                 .collect(),
         })
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crops_are_squares_with_a_margin_clamped_to_the_image() {
-        let d = Detection {
-            x0: 40.0,
-            y0: 50.0,
-            x1: 60.0,
-            y1: 90.0,
-            score: 0.9,
-        };
-        assert_eq!(crop_box(&d, 0.0, 200, 200), (30, 50, 40, 40));
-        assert_eq!(crop_box(&d, 0.25, 200, 200), (20, 40, 60, 60));
-        assert_eq!(crop_box(&d, 1.0, 100, 100), (0, 10, 100, 90));
-    }
 }

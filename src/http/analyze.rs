@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::backend::detector::DetectOptions;
 use crate::core::analyze::{self, AnalyzeOptions};
+use crate::core::classify;
 use crate::error::Error;
 use crate::http::AppState;
 use crate::http::classify::{ModelRef, read_images};
@@ -23,14 +24,15 @@ pub struct AnalyzeQuery {
     pub model: Option<String>,
     /// Model version (default: the newest ready version).
     pub version: Option<u64>,
-    /// Return only the `top_k` best scores per face (default: every label).
+    /// Return only the `top_k` best scores per face, at least 1 (default: every label).
+    #[param(minimum = 1)]
     pub top_k: Option<usize>,
     /// Lowest face-detection score kept (default: `--detector-score-threshold`).
     pub score_threshold: Option<f32>,
     /// Smallest face side kept, in pixels (default: `--min-face-size`).
     pub min_face_size: Option<f32>,
-    /// Context around each face box before classifying, as a share of its side (default:
-    /// `--face-margin`).
+    /// Context around each face box before classifying, as a share of its larger side on each side,
+    /// in [-0.25, 2] (default: `--face-margin`, 0, which frames faces as the training data does).
     pub margin: Option<f32>,
 }
 
@@ -111,6 +113,7 @@ pub async fn analyze_handler(
     let started = Instant::now();
     let Query(query) =
         query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let top_k = classify::check_top_k(query.top_k)?;
     let detectors = state
         .detectors
         .clone()
@@ -129,23 +132,16 @@ pub async fn analyze_handler(
     let valid = |v: f32, range: std::ops::RangeInclusive<f32>| v.is_finite() && range.contains(&v);
     if !valid(options.detect.score_threshold, 0.0..=1.0)
         || !valid(options.detect.min_face, 0.0..=1e6)
-        || !valid(options.margin, 0.0..=2.0)
+        || !valid(options.margin, fer_contract::detect::MIN_FACE_MARGIN..=2.0)
     {
         return Err(Error::BadRequest(
-            "score_threshold must be in [0, 1], min_face_size ≥ 0, margin in [0, 2]".into(),
+            "score_threshold must be in [0, 1], min_face_size ≥ 0, margin in [-0.25, 2]".into(),
         ));
     }
     let images = read_images(state.limits, request).await?;
     state.limits.check_image_count(images.len())?;
-    let analyses = analyze::analyze(
-        &detectors,
-        &model,
-        images,
-        options,
-        query.top_k,
-        &state.metrics,
-    )
-    .await?;
+    let analyses =
+        analyze::analyze(&detectors, &model, images, options, top_k, &state.metrics).await?;
     state
         .metrics
         .stage_duration

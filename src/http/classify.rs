@@ -24,7 +24,8 @@ pub struct ClassifyQuery {
     pub model: Option<String>,
     /// Model version (default: the newest ready version).
     pub version: Option<u64>,
-    /// Return only the `top_k` best scores per image (default: every label).
+    /// Return only the `top_k` best scores per image, at least 1 (default: every label).
+    #[param(minimum = 1)]
     pub top_k: Option<usize>,
 }
 
@@ -98,12 +99,13 @@ pub async fn classify_handler(
     let started = Instant::now();
     let Query(query) =
         query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let top_k = classify::check_top_k(query.top_k)?;
     let name = query.model.as_deref().unwrap_or(&state.default_model);
     let model = state.registry.resolve(name, query.version)?;
     let images = read_images(state.limits, request).await?;
     state.limits.check_image_count(images.len())?;
     let pixels = classify::decode_all(&model, images, &state.metrics).await?;
-    let predictions = classify::classify(&model, pixels, query.top_k, &state.metrics).await?;
+    let predictions = classify::classify(&model, pixels, top_k, &state.metrics).await?;
     state
         .metrics
         .stage_duration

@@ -31,6 +31,9 @@ use utoipa::OpenApi;
         crate::http::kserve::version_infer,
     ),
     components(schemas(
+        crate::http::kserve::types::LiveResponse,
+        crate::http::kserve::types::ReadyResponse,
+        crate::http::kserve::types::ModelReadyResponse,
         crate::http::classify::ClassifyJson,
         crate::http::classify::ClassifyResponse,
         crate::http::classify::ClassifyResult,

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::AugmentConfig;
 use crate::data::Source;
+use crate::framing::ReframeConfig;
 use crate::model::ModelConfig;
 use crate::thresholds::DtmParams;
 
@@ -111,6 +112,9 @@ pub struct SslConfig {
     /// Weight of FreeMatch's self-adaptive fairness term.
     pub fairness: f32,
     pub dtm: DtmParams,
+    /// Re-crop the unlabelled faces to the labelled data's framing (drops images without exactly
+    /// one face); `None` uses them as they are.
+    pub reframe: Option<ReframeConfig>,
 }
 
 impl Default for SslConfig {
@@ -125,6 +129,7 @@ impl Default for SslConfig {
             threshold_decay: 0.999,
             fairness: 0.01,
             dtm: DtmParams::default(),
+            reframe: None,
         }
     }
 }
@@ -148,6 +153,10 @@ pub struct LossConfig {
     /// Weight each class by inverse frequency.
     #[serde(default)]
     pub class_weights: bool,
+    /// Learn each image's annotator vote distribution instead of its majority class (FER+ only;
+    /// evaluation stays on the majority class).
+    #[serde(default)]
+    pub soft_targets: bool,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -198,6 +207,14 @@ impl Config {
         if self.model.widths.is_empty() {
             return Err("model.widths must list at least one stage".into());
         }
+        if self.loss.soft_targets && self.data != Source::Ferplus {
+            return Err(
+                "loss.soft_targets needs data = \"ferplus\" (the only dataset with votes)".into(),
+            );
+        }
+        if self.loss.soft_targets && self.loss.class_weights {
+            return Err("loss.soft_targets and loss.class_weights cannot be combined".into());
+        }
         if let Some(d) = self.ema_decay
             && !(0.0..1.0).contains(&d)
         {
@@ -220,6 +237,11 @@ impl Config {
             if !(0.0..=1.0).contains(&ssl.tau) || !(0.0..1.0).contains(&ssl.threshold_decay) {
                 return Err("ssl.tau must be in [0, 1] and ssl.threshold_decay in [0, 1)".into());
             }
+            if let Some(r) = &ssl.reframe
+                && !(r.margin > -0.5 && r.shift.abs() < 1.0)
+            {
+                return Err("ssl.reframe needs margin > -0.5 and |shift| < 1".into());
+            }
             let d = &ssl.dtm;
             if !(0.0 < d.floor
                 && d.floor <= d.tau_start
@@ -241,7 +263,7 @@ mod tests {
     fn shipped_configs_parse() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
         let mut n = 0;
-        for dir in [root.clone(), root.join("ablation")] {
+        for dir in [root.clone(), root.join("ablation"), root.join("campaign")] {
             for entry in std::fs::read_dir(dir).unwrap() {
                 let path = entry.unwrap().path();
                 if path.extension().is_some_and(|e| e == "toml") {
@@ -250,7 +272,7 @@ mod tests {
                 }
             }
         }
-        assert!(n >= 9, "{n} configs");
+        assert!(n >= 19, "{n} configs");
     }
 
     #[test]

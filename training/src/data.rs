@@ -11,6 +11,8 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::framing::Reframer;
+
 /// Which labelled dataset a run trains on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -71,6 +73,9 @@ pub struct Dataset {
     pub images: Vec<u8>,
     /// Class index per image; `None` for unlabelled data.
     pub labels: Option<Vec<usize>>,
+    /// Per image, a probability over the classes (`len × classes`, row-major): FER+'s annotator
+    /// votes. `None` where the dataset has only one label per image.
+    pub soft: Option<Vec<f32>>,
 }
 
 impl Dataset {
@@ -104,6 +109,21 @@ impl Dataset {
         self.labels.as_ref().map(|l| l[index])
     }
 
+    /// The vote distribution of image `index` over `classes` classes, when the dataset has one.
+    pub fn soft_label(&self, index: usize, classes: usize) -> Option<&[f32]> {
+        self.soft
+            .as_ref()
+            .map(|s| &s[index * classes..(index + 1) * classes])
+    }
+
+    /// Classes per row of [`Dataset::soft`] (0 without soft labels).
+    fn soft_width(&self) -> usize {
+        match (&self.soft, self.len()) {
+            (Some(s), n) if n > 0 => s.len() / n,
+            _ => 0,
+        }
+    }
+
     /// Images per class (labelled data only).
     pub fn class_counts(&self, classes: usize) -> Vec<usize> {
         let mut counts = vec![0; classes];
@@ -113,17 +133,19 @@ impl Dataset {
         counts
     }
 
-    fn from_pixels(
-        preprocessor_side: (u32, u32, Channels),
-        items: Vec<(Pixels, Option<usize>)>,
-    ) -> Self {
+    fn from_pixels(preprocessor_side: (u32, u32, Channels), items: Vec<(Pixels, Label)>) -> Self {
         let (width, height, channels) = preprocessor_side;
-        let labelled = items.iter().all(|(_, l)| l.is_some());
+        let labelled = items.iter().all(|(_, l)| l.class.is_some());
+        let with_votes = !items.is_empty() && items.iter().all(|(_, l)| l.votes.is_some());
         let mut images = Vec::with_capacity(items.len() * width as usize * height as usize);
         let mut labels = Vec::with_capacity(items.len());
+        let mut soft = Vec::new();
         for (pixels, label) in items {
             images.extend_from_slice(&pixels.data);
-            labels.push(label.unwrap_or(0));
+            labels.push(label.class.unwrap_or(0));
+            if with_votes {
+                soft.extend(label.votes.into_iter().flatten());
+            }
         }
         Self {
             width,
@@ -131,6 +153,7 @@ impl Dataset {
             channels,
             images,
             labels: labelled.then_some(labels),
+            soft: (labelled && with_votes).then_some(soft),
         }
     }
 
@@ -140,7 +163,15 @@ impl Dataset {
         for &i in indices {
             images.extend_from_slice(self.image(i));
         }
+        let width = self.soft_width();
+        let soft = self.soft.as_ref().map(|s| {
+            indices
+                .iter()
+                .flat_map(|&i| s[i * width..(i + 1) * width].iter().copied())
+                .collect()
+        });
         Dataset {
+            soft,
             width: self.width,
             height: self.height,
             channels: self.channels,
@@ -155,6 +186,13 @@ impl Dataset {
     /// This dataset followed by `other` (same size and channels), dropping labels unless both have them.
     pub fn concat(mut self, other: &Dataset) -> Dataset {
         self.images.extend_from_slice(&other.images);
+        self.soft = match (self.soft.take(), &other.soft) {
+            (Some(mut a), Some(b)) => {
+                a.extend_from_slice(b);
+                Some(a)
+            }
+            _ => None,
+        };
         self.labels = match (self.labels.take(), &other.labels) {
             (Some(mut a), Some(b)) => {
                 a.extend_from_slice(b);
@@ -163,6 +201,23 @@ impl Dataset {
             _ => None,
         };
         self
+    }
+}
+
+/// What a labelled file says about its image: the class, and for FER+ the annotators' vote
+/// distribution over the classes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Label {
+    pub class: Option<usize>,
+    pub votes: Option<Vec<f32>>,
+}
+
+impl Label {
+    fn class(class: usize) -> Self {
+        Label {
+            class: Some(class),
+            votes: None,
+        }
     }
 }
 
@@ -242,7 +297,7 @@ fn read_archive(
 fn decode_all(
     preprocessor: &Preprocessor,
     side: (u32, u32, Channels),
-    files: Vec<(String, Vec<u8>, Option<usize>)>,
+    files: Vec<(String, Vec<u8>, Label)>,
 ) -> Result<Dataset, DataError> {
     let items = files
         .into_par_iter()
@@ -283,8 +338,8 @@ pub fn load_labelled(
                     DataError::Format(format!("{name}: unknown class folder {class:?}"))
                 })?;
                 match split {
-                    "train" => train.push((name, bytes, Some(label))),
-                    "val" => val.push((name, bytes, Some(label))),
+                    "train" => train.push((name, bytes, Label::class(label))),
+                    "val" => val.push((name, bytes, Label::class(label))),
                     _ => {}
                 }
             }
@@ -292,24 +347,24 @@ pub fn load_labelled(
         }
         Source::Ferplus => {
             let files = read_archive(&path, |n| n.ends_with(".png") || n.ends_with("label.csv"))?;
-            let mut labels: HashMap<String, usize> = HashMap::new();
+            let mut labels: HashMap<String, Label> = HashMap::new();
             for (name, bytes) in files.iter().filter(|(n, _)| n.ends_with("label.csv")) {
                 let split = name.split('/').nth(1).unwrap_or_default();
                 let text = String::from_utf8_lossy(bytes);
                 for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                    if let Some((file, label)) = ferplus_majority(line) {
+                    if let Some((file, label)) = ferplus_label(line) {
                         labels.insert(format!("ferplus/{split}/{file}"), label);
                     }
                 }
             }
             let (mut train, mut val) = (Vec::new(), Vec::new());
             for (name, bytes) in files.into_iter().filter(|(n, _)| n.ends_with(".png")) {
-                let Some(&label) = labels.get(&name) else {
+                let Some(label) = labels.remove(&name) else {
                     continue;
                 };
                 match name.split('/').nth(1) {
-                    Some("train") => train.push((name, bytes, Some(label))),
-                    Some("valid") => val.push((name, bytes, Some(label))),
+                    Some("train") => train.push((name, bytes, label)),
+                    Some("valid") => val.push((name, bytes, label)),
                     _ => {}
                 }
             }
@@ -337,6 +392,14 @@ pub fn load_labelled(
 /// FER+ `label.csv` line → (file, majority class), or `None` when the majority is
 /// "unknown" / "not a face", or the line has no votes.
 pub fn ferplus_majority(line: &str) -> Option<(String, usize)> {
+    ferplus_label(line).and_then(|(file, label)| Some((file, label.class?)))
+}
+
+/// FER+ `label.csv` line → (file, majority class and vote distribution), `None` as
+/// [`ferplus_majority`]. The distribution is over the 8 expressions: a single stray vote for an
+/// expression is dropped as an outlier (as the FER+ authors' reference code does) unless it is
+/// the only one, and "unknown" / "not a face" votes are left out.
+pub fn ferplus_label(line: &str) -> Option<(String, Label)> {
     // file,"(x, y, w, h)",v0..v9: the quoted box contains commas, so split around it.
     let (file, rest) = line.split_once(',')?;
     let after_box = rest.rsplit_once(')').map(|(_, r)| r).unwrap_or(rest);
@@ -353,26 +416,95 @@ pub fn ferplus_majority(line: &str) -> Option<(String, usize)> {
         (0, 0),
         |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) },
     );
-    (best < 8).then(|| (file.to_string(), best))
+    if best >= 8 {
+        return None;
+    }
+    let expressions = &votes[..8];
+    let kept: Vec<u32> = expressions
+        .iter()
+        .map(|&v| if v > 1 || v == votes[best] { v } else { 0 })
+        .collect();
+    let total: u32 = kept.iter().sum();
+    let votes = kept.iter().map(|&v| v as f32 / total as f32).collect();
+    Some((
+        file.to_string(),
+        Label {
+            class: Some(best),
+            votes: Some(votes),
+        },
+    ))
 }
 
-/// Unlabelled face images (any archive of JPEG/PNG faces), decoded at the model's size.
+/// About `count` images of an archive whose paths start with `prefix`, evenly spaced in path
+/// order, decoded at their own size in RGB, with their paths.
+pub fn sample_images(
+    archive: &Path,
+    prefix: &str,
+    count: usize,
+    limits: &fer_contract::DecodeLimits,
+) -> Result<Vec<(String, Pixels)>, DataError> {
+    let mut files = read_archive(archive, |n| {
+        n.starts_with(prefix) && (n.ends_with(".jpg") || n.ends_with(".png"))
+    })?;
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let every = (files.len() / count.max(1)).max(1);
+    files
+        .into_par_iter()
+        .enumerate()
+        .filter(|(i, _)| i % every == 0)
+        .map(|(_, (name, bytes))| {
+            fer_contract::preprocess::decode_rgb(&bytes, limits)
+                .map(|p| (name.clone(), p))
+                .map_err(|e| DataError::Format(format!("{name}: {e}")))
+        })
+        .collect()
+}
+
+/// Unlabelled face images (any archive of JPEG/PNG faces), decoded at the model's size; with a
+/// `reframer`, each re-cropped to the labelled data's framing first, and images without exactly
+/// one face dropped (the second value counts them).
 pub fn load_unlabelled(
     archive: &Path,
     preprocessor: &Preprocessor,
     side: (u32, u32, Channels),
     limit: Option<usize>,
-) -> Result<Dataset, DataError> {
+    reframer: Option<&Reframer>,
+) -> Result<(Dataset, usize), DataError> {
     let mut files = read_archive(archive, |n| n.ends_with(".jpg") || n.ends_with(".png"))?;
     files.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(limit) = limit {
         files.truncate(limit);
     }
-    decode_all(
+    if let Some(reframer) = reframer {
+        let limits = preprocessor.limits();
+        let faces = files
+            .into_par_iter()
+            .map(|(name, bytes)| {
+                let fail = |e: String| DataError::Format(format!("{name}: {e}"));
+                let rgb = fer_contract::preprocess::decode_rgb(&bytes, &limits)
+                    .map_err(|e| fail(e.to_string()))?;
+                match reframer.reframe(&rgb).map_err(|e| fail(e.to_string()))? {
+                    Some(face) => preprocessor
+                        .prepare(&face)
+                        .map(|p| Some((p, Label::default())))
+                        .map_err(|e| fail(e.to_string())),
+                    None => Ok(None),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let dropped = faces.iter().filter(|f| f.is_none()).count();
+        let kept = faces.into_iter().flatten().collect();
+        return Ok((Dataset::from_pixels(side, kept), dropped));
+    }
+    let data = decode_all(
         preprocessor,
         side,
-        files.into_iter().map(|(n, b)| (n, b, None)).collect(),
-    )
+        files
+            .into_iter()
+            .map(|(n, b)| (n, b, Label::default()))
+            .collect(),
+    )?;
+    Ok((data, 0))
 }
 
 #[cfg(test)]
@@ -402,6 +534,43 @@ mod tests {
     }
 
     #[test]
+    fn ferplus_votes_drop_single_outliers_and_the_unknown_columns() {
+        let (_, label) = ferplus_label(r#"fer0.png,"(0, 0, 48, 48)",4,0,0,1,3,2,0,0,0,0"#).unwrap();
+        assert_eq!(label.class, Some(0));
+        let votes = label.votes.unwrap();
+        // 4 neutral, 3 anger, 2 disgust; the single sadness vote is an outlier
+        assert_eq!(votes.len(), 8);
+        assert!((votes[0] - 4.0 / 9.0).abs() < 1e-6 && votes[3] == 0.0);
+        assert!((votes.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        // an image whose majority has a single vote keeps it (and its ties)
+        let (_, label) = ferplus_label(r#"fer1.png,"(0, 0, 48, 48)",1,1,0,0,0,0,0,0,0,0"#).unwrap();
+        assert_eq!(label.votes.unwrap()[..2], [0.5, 0.5]);
+        // unknown / not-a-face votes do not count
+        let (_, label) = ferplus_label(r#"fer2.png,"(0, 0, 48, 48)",0,6,0,0,0,0,0,0,2,2"#).unwrap();
+        assert_eq!(label.votes.unwrap()[1], 1.0);
+    }
+
+    #[test]
+    fn soft_labels_follow_subsets_and_concatenation() {
+        let data = Dataset {
+            width: 1,
+            height: 1,
+            channels: Channels::Gray,
+            images: vec![10, 11, 12],
+            labels: Some(vec![0, 1, 1]),
+            soft: Some(vec![1.0, 0.0, 0.2, 0.8, 0.4, 0.6]),
+        };
+        let sub = data.subset(&[2, 0]);
+        assert_eq!(sub.soft_label(0, 2), Some(&[0.4, 0.6][..]));
+        assert_eq!(sub.soft_label(1, 2), Some(&[1.0, 0.0][..]));
+        let both = sub.clone().concat(&data);
+        assert_eq!(both.soft_label(3, 2), Some(&[0.2, 0.8][..]));
+        let mut unlabelled = data.clone();
+        unlabelled.soft = None;
+        assert_eq!(sub.concat(&unlabelled).soft, None);
+    }
+
+    #[test]
     fn stratified_split_keeps_class_proportions() {
         let labels: Vec<usize> = (0..1000).map(|i| if i < 900 { 0 } else { 1 }).collect();
         let data = Dataset {
@@ -410,6 +579,7 @@ mod tests {
             channels: Channels::Gray,
             images: vec![0; 1000],
             labels: Some(labels),
+            soft: None,
         };
         let (a, b) = stratified_split(&data, 2, 0.1, 7);
         assert_eq!(a.len() + b.len(), 1000);

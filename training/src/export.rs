@@ -18,22 +18,93 @@ use ort::value::TensorRef;
 use crate::config::{Config, Mode};
 use crate::data::Dataset;
 use crate::model::{FerNet, forward_macs};
+use crate::thresholds::Anchor;
 use crate::train::{self, EpochRecord, RunDir, RunState, argmax};
 
 /// Largest |Δlogit| between burn and ONNX Runtime that parity accepts.
 pub const PARITY_TOLERANCE: f32 = 1e-4;
 
+#[derive(Clone, Copy)]
 pub struct ExportRequest<'a> {
     pub config: &'a Config,
     pub run: &'a RunDir,
     pub models_dir: &'a Path,
     pub name: &'a str,
-    pub version: u64,
-    /// The command that trained the run, recorded in the manifest and model card.
-    pub command: &'a str,
+    /// The version to write; `None`: the next free one.
+    pub version: Option<u64>,
+    /// The command that trained the run, recorded in the manifest and model card; `None`: the one
+    /// the run recorded (`command.txt`).
+    pub command: Option<&'a str>,
     pub ort_dylib: Option<&'a Path>,
     /// Validation images compared in the parity check (`None`: all).
     pub parity_images: Option<usize>,
+    /// Overwrite an existing version folder.
+    pub replace: bool,
+    /// Publish even when the serving version scores better on the same validation set.
+    pub force: bool,
+}
+
+/// A version's headline validation figures, from its manifest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Figures {
+    pub version: u64,
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    pub images: usize,
+}
+
+impl Figures {
+    fn of(manifest: &Manifest) -> Option<Figures> {
+        let m = &manifest.provenance.metrics;
+        Some(Figures {
+            version: manifest.version,
+            accuracy: *m.get("val_accuracy")?,
+            macro_f1: *m.get("val_macro_f1")?,
+            images: *m.get("val_images")? as usize,
+        })
+    }
+}
+
+/// What an export did.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    pub dir: PathBuf,
+    pub parity: Parity,
+    pub figures: Figures,
+    /// The version a server with the default policy served before (the newest with a manifest),
+    /// when it was measured on the same validation set.
+    pub serving: Option<Figures>,
+}
+
+/// The numbered version folders of model `name`, newest first.
+fn versions(models_dir: &Path, name: &str) -> Vec<u64> {
+    let mut found: Vec<u64> = std::fs::read_dir(models_dir.join(name))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    found.sort_unstable_by(|a, b| b.cmp(a));
+    found
+}
+
+/// The first version number above every existing one (1 for a new model).
+pub fn next_version(models_dir: &Path, name: &str) -> u64 {
+    versions(models_dir, name).first().map_or(1, |v| v + 1)
+}
+
+/// The newest version of `name` whose manifest loads: what `fer-server` serves by default.
+pub fn serving_version(models_dir: &Path, name: &str) -> Option<Manifest> {
+    versions(models_dir, name).into_iter().find_map(|v| {
+        Manifest::load(
+            &models_dir
+                .join(name)
+                .join(v.to_string())
+                .join(MANIFEST_FILE),
+        )
+        .ok()
+    })
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -49,8 +120,34 @@ impl Parity {
     }
 }
 
-/// Exports the run's best checkpoint; returns the version folder and the parity figures.
-pub fn export(req: &ExportRequest) -> anyhow::Result<(PathBuf, Parity)> {
+/// Exports the run's best checkpoint as a new version (or over `req.version` with `req.replace`),
+/// unless the serving version is more accurate on the same validation set (`req.force` overrides).
+pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
+    let version = match req.version {
+        Some(v) => {
+            let dir = req.models_dir.join(req.name).join(v.to_string());
+            if dir.exists() && !req.replace {
+                bail!(
+                    "{} exists: pass --replace to overwrite it, or leave out --version to write the next free one ({})",
+                    dir.display(),
+                    next_version(req.models_dir, req.name)
+                );
+            }
+            v
+        }
+        None => next_version(req.models_dir, req.name),
+    };
+    let command = match req.command {
+        Some(c) => c.to_string(),
+        None => std::fs::read_to_string(req.run.command())
+            .map(|c| c.trim().to_string())
+            .with_context(|| {
+                format!(
+                    "{} records no training command: pass --command",
+                    req.run.0.display()
+                )
+            })?,
+    };
     let state: RunState =
         serde_json::from_slice(&std::fs::read(req.run.state()).context("run has no state.json")?)?;
     let best = state
@@ -65,7 +162,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<(PathBuf, Parity)> {
 
     let mut manifest = train::manifest_template(req.config, &classes);
     manifest.name = req.name.to_string();
-    manifest.version = req.version;
+    manifest.version = version;
     let (c, h, w) = (
         manifest.input.channels.count(),
         manifest.input.height as usize,
@@ -89,24 +186,56 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<(PathBuf, Parity)> {
     let staging = req.models_dir.join(".staging").join(format!(
         "{}-{}-{}",
         req.name,
-        req.version,
+        version,
         std::process::id()
     ));
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
     std::fs::create_dir_all(&staging)?;
-    let written = write_version(req, &staging, onnx.as_bytes(), manifest, best, &state);
-    let parity = match written {
-        Ok(parity) => parity,
+    let serving = serving_version(req.models_dir, req.name);
+    let written = write_version(req, &command, &staging, onnx.as_bytes(), manifest, best, &state)
+        .and_then(|(parity, manifest)| {
+            let figures = Figures::of(&manifest).context("the new manifest has no figures")?;
+            let serving = serving
+                .as_ref()
+                .filter(|m| m.labels == manifest.labels)
+                .and_then(Figures::of)
+                .filter(|f| f.images == figures.images);
+            if let Some(old) = serving
+                && old.accuracy > figures.accuracy
+                && !req.force
+            {
+                bail!(
+                    "not published: {name}/{new} scores {a:.4} accuracy (macro-F1 {f:.4}) on the {n} validation images, \
+                     below the serving {name}/{old_v} ({oa:.4}, macro-F1 {of:.4}); pass --force to publish it anyway",
+                    name = req.name,
+                    new = version,
+                    a = figures.accuracy,
+                    f = figures.macro_f1,
+                    n = figures.images,
+                    old_v = old.version,
+                    oa = old.accuracy,
+                    of = old.macro_f1
+                );
+            }
+            Ok((parity, figures, serving))
+        });
+    let (parity, figures, serving) = match written {
+        Ok(done) => done,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
         }
     };
-    let dir = req.models_dir.join(req.name).join(req.version.to_string());
+    let dir = req.models_dir.join(req.name).join(version.to_string());
     publish(&staging, &dir)?;
-    Ok((dir, parity))
+    Ok(Exported {
+        dir,
+        parity,
+        figures,
+        serving,
+    })
 }
 
 /// Moves a finished version folder into place. A new version appears in one rename; an existing one
@@ -130,12 +259,13 @@ fn publish(staging: &Path, dir: &Path) -> anyhow::Result<()> {
 /// Writes the graph, checks parity, then writes the manifest and model card, all into `dir`.
 fn write_version(
     req: &ExportRequest,
+    command: &str,
     dir: &Path,
     onnx: &[u8],
     mut manifest: Manifest,
     best: &EpochRecord,
     state: &RunState,
-) -> anyhow::Result<Parity> {
+) -> anyhow::Result<(Parity, Manifest)> {
     let classes = req.config.data.classes();
     let model_path = dir.join(MODEL_FILE);
     std::fs::write(&model_path, onnx)?;
@@ -173,7 +303,7 @@ fn write_version(
 
     let p = &mut manifest.provenance;
     p.data = data_sources(req.config);
-    p.command = req.command.to_string();
+    p.command = command.to_string();
     p.trainer = format!("fer-train {}", env!("CARGO_PKG_VERSION"));
     p.seed = Some(req.config.seed);
     p.metrics.insert("val_accuracy".into(), best.val.accuracy);
@@ -202,7 +332,7 @@ fn write_version(
         dir.join("MODEL_CARD.md"),
         model_card(req, &manifest, &model, state, &parity),
     )?;
-    Ok(parity)
+    Ok((parity, manifest))
 }
 
 /// Compares burn's and ONNX Runtime's logits on the same preprocessed images.
@@ -296,7 +426,7 @@ fn method(config: &Config) -> String {
             ssl.lambda_u
         )
     };
-    match config.mode {
+    let training = match config.mode {
         Mode::Supervised => format!("Supervised training (cross-entropy).{ema}"),
         Mode::Fixmatch => semi(format!("a fixed confidence threshold of {}", ssl.tau)),
         Mode::Flexmatch => semi(format!(
@@ -309,16 +439,34 @@ fn method(config: &Config) -> String {
         )),
         Mode::Dtm => {
             let d = &ssl.dtm;
+            let scale = match d.anchor {
+                Anchor::Unlabelled => format!("(p̃_t(c)/max p̃_t)^{}", d.gamma),
+                Anchor::Labelled => "ā(c), the teacher's mean confidence on the labelled images of c it classifies correctly".into(),
+            };
             semi(format!(
-                "the Dynamic Threshold Module (T_t(c) = max({}, τ(s)·(p̃_t(c)/max p̃_t)^{}), τ rising from {} to {} over the first {:.0} % of training; see training/README.md)",
+                "the Dynamic Threshold Module (T_t(c) = max({}, τ(s)·{scale}), τ rising from {} to {} over the first {:.0} % of training; see training/README.md)",
                 d.floor,
-                d.gamma,
                 d.tau_start,
                 d.tau_end,
                 d.ramp * 100.0
             ))
         }
-    }
+    };
+    let reframed = match &ssl.reframe {
+        Some(r) if config.mode.is_semi_supervised() => format!(
+            " The unlabelled faces were re-cropped to the labelled data's framing (margin {}, shift {}, measured with {}).",
+            r.margin,
+            r.shift,
+            r.detector.display()
+        ),
+        _ => String::new(),
+    };
+    let targets = if config.loss.soft_targets {
+        " The labelled images' targets are their annotator vote distributions (soft targets), not the majority label."
+    } else {
+        ""
+    };
+    format!("{training}{targets}{reframed}")
 }
 
 fn model_card(
@@ -366,7 +514,7 @@ fn model_card(
         widths = req.config.model.widths,
         depth = req.config.model.convs_per_stage,
         mmacs = macs as f64 / 1e6,
-        command = req.command,
+        command = manifest.provenance.command,
         seed = req.config.seed,
         epochs = state.epoch,
         steps = state.step,

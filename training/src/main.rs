@@ -1,5 +1,6 @@
 //! `fer-train`: train facial-expression models and export them for fer-server.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -54,19 +55,52 @@ enum Command {
         run: PathBuf,
         #[arg(long, env = "FER_TRAIN_NAME")]
         name: String,
-        #[arg(long, env = "FER_TRAIN_VERSION", default_value_t = 1)]
-        version: u64,
+        /// Version to write (default: the next free one). An existing version is only
+        /// overwritten with --replace.
+        #[arg(long, env = "FER_TRAIN_VERSION")]
+        version: Option<u64>,
+        /// Overwrite the version given by --version if it exists.
+        #[arg(long, env = "FER_TRAIN_REPLACE")]
+        replace: bool,
+        /// Publish even when the serving version is more accurate on the same validation set.
+        #[arg(long, env = "FER_TRAIN_FORCE")]
+        force: bool,
         #[arg(long, env = "FER_TRAIN_MODELS_DIR", default_value = "models")]
         models_dir: PathBuf,
-        /// The command that trained the run (recorded in the manifest and model card).
+        /// The command that trained the run (recorded in the manifest and model card; default:
+        /// the one the run recorded when it was trained).
         #[arg(long, env = "FER_TRAIN_COMMAND")]
-        command: String,
+        command: Option<String>,
         /// Validation images in the parity check (default: all).
         #[arg(long, env = "FER_TRAIN_PARITY_IMAGES")]
         parity_images: Option<usize>,
         /// libonnxruntime.so to use (default: the repository's .ort/lib/).
         #[arg(long, env = "ORT_DYLIB_PATH")]
         ort_dylib: Option<PathBuf>,
+    },
+    /// Draw a run's plots again from its state.json (curves.svg, confusion.svg, thresholds.svg).
+    Plots {
+        #[arg(long, env = "FER_TRAIN_RUN")]
+        run: PathBuf,
+    },
+    /// Measure how the labelled and unlabelled datasets frame their faces (face detector box vs
+    /// image), re-frame the unlabelled samples, and write framing.json and a contact sheet.
+    Framing {
+        /// The UltraFace `.onnx` to measure with.
+        #[arg(long, env = "FER_DETECTOR")]
+        detector: PathBuf,
+        #[arg(long, env = "FER_TRAIN_DATA_DIR", default_value = "../shared/data")]
+        data_dir: PathBuf,
+        /// Images measured per dataset.
+        #[arg(long, env = "FER_TRAIN_FRAMING_SAMPLE", default_value_t = 600)]
+        sample: usize,
+        /// Folder for framing.json and contact-sheet.png.
+        #[arg(
+            long,
+            env = "FER_TRAIN_FRAMING_OUT",
+            default_value = "training/framing"
+        )]
+        out: PathBuf,
     },
     /// Time training steps of a config's network (steps per second on this machine).
     BenchStep {
@@ -86,9 +120,11 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,ort=error".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
         Command::Train {
@@ -99,13 +135,27 @@ fn main() -> anyhow::Result<()> {
             stop_after_steps,
         } => {
             let cfg = Config::load(&config)?;
+            let run_dir = RunDir(run.clone());
+            std::fs::create_dir_all(&run)?;
+            std::fs::write(
+                run_dir.command(),
+                format!(
+                    "fer-train train{} --config {} --run {}\n",
+                    match backend {
+                        TrainBackend::Flex => "",
+                        TrainBackend::Tch => " --backend tch",
+                    },
+                    config.display(),
+                    run.display()
+                ),
+            )?;
             let started = Instant::now();
             let session = Session {
                 resume: !fresh,
                 backend,
                 stop_after_steps,
             };
-            let state = train(&cfg, &RunDir(run.clone()), session)?;
+            let state = train(&cfg, &run_dir, session)?;
             println!(
                 "{}: {} epochs, best val macro-F1 {:.4} (epoch {}), this session {:.0} s; run in {}",
                 if state.finished { "done" } else { "stopped" },
@@ -120,6 +170,8 @@ fn main() -> anyhow::Result<()> {
             run,
             name,
             version,
+            replace,
+            force,
             models_dir,
             command,
             parity_images,
@@ -127,23 +179,89 @@ fn main() -> anyhow::Result<()> {
         } => {
             let run = RunDir(run);
             let cfg = Config::load(&run.config()).context("the run's config.toml")?;
-            let (dir, parity) = export(&ExportRequest {
+            let done = export(&ExportRequest {
                 config: &cfg,
                 run: &run,
                 models_dir: &models_dir,
                 name: &name,
                 version,
-                command: &command,
+                command: command.as_deref(),
                 ort_dylib: ort_dylib.as_deref(),
                 parity_images,
+                replace,
+                force,
             })?;
+            let (new, p) = (done.figures, &done.parity);
             println!(
                 "exported {}: parity on {} images, max |Δlogit| {:.2e}, argmax agreement {}/{}",
-                dir.display(),
-                parity.images,
-                parity.max_abs_diff,
-                parity.argmax_agree,
-                parity.images
+                done.dir.display(),
+                p.images,
+                p.max_abs_diff,
+                p.argmax_agree,
+                p.images
+            );
+            println!(
+                "  {name}/{}: val accuracy {:.4}, macro-F1 {:.4} on {} images",
+                new.version, new.accuracy, new.macro_f1, new.images
+            );
+            match done.serving {
+                Some(old) => println!(
+                    "  {name}/{} (serving until now): val accuracy {:.4}, macro-F1 {:.4} on the same images",
+                    old.version, old.accuracy, old.macro_f1
+                ),
+                None => {
+                    println!("  no earlier version of {name} measured on the same validation set")
+                }
+            }
+        }
+        Command::Plots { run } => {
+            let dir = RunDir(run);
+            let cfg = Config::load(&dir.config()).context("the run's config.toml")?;
+            let state: fer_train::train::RunState = serde_json::from_slice(
+                &std::fs::read(dir.state()).context("the run's state.json")?,
+            )?;
+            fer_train::report::plots(&dir.0, &state.history, &cfg.data.classes())?;
+            println!(
+                "plots of {} epochs drawn in {}",
+                state.history.len(),
+                dir.0.display()
+            );
+        }
+        Command::Framing {
+            detector,
+            data_dir,
+            sample,
+            out,
+        } => {
+            let report = fer_train::framing::measure(&detector, &data_dir, sample, &out)?;
+            println!(
+                "framing measured with {} (in units of the face box's larger side):",
+                report.detector
+            );
+            println!(
+                "| dataset | images | no face | several | margin q1 / median / q3 | shift q1 / median / q3 |"
+            );
+            println!("|---|---|---|---|---|---|");
+            for m in &report.measured {
+                let q = |q: Option<fer_train::framing::Quartiles>| {
+                    q.map(|q| format!("{:.3} / {:.3} / {:.3}", q.q1, q.median, q.q3))
+                        .unwrap_or_else(|| "—".into())
+                };
+                println!(
+                    "| {} | {} | {} | {} | {} | {} |",
+                    m.dataset,
+                    m.images,
+                    m.no_face,
+                    m.several_faces,
+                    q(m.margin),
+                    q(m.shift)
+                );
+            }
+            println!(
+                "labelled framing: margin {:.3}, shift {:.3}; wrote {}",
+                report.labelled.margin,
+                report.labelled.shift,
+                out.display()
             );
         }
         Command::BenchStep {

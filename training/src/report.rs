@@ -17,112 +17,322 @@ fn plot_err(e: impl std::fmt::Display) -> anyhow::Error {
 type EpochChart<'a, 'b> =
     ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
-/// A captioned chart with epochs on x (0 to `epochs`) and 0 to `y_max` on y, its mesh drawn.
+/// A captioned chart with epochs on x and `y` on y, its mesh and axis names drawn.
 fn epoch_axes<'a, 'b>(
     area: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
     caption: &str,
-    epochs: f64,
-    y_max: f64,
+    epochs: usize,
+    y: std::ops::Range<f64>,
+    y_desc: &str,
 ) -> anyhow::Result<EpochChart<'a, 'b>> {
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(40)
-        .build_cartesian_2d(0f64..epochs, 0f64..y_max)
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.5f64..epochs as f64 + 0.5, y)
         .map_err(plot_err)?;
     chart
         .configure_mesh()
         .x_desc("epoch")
+        .y_desc(y_desc)
+        .x_labels(epochs.clamp(2, 12))
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .label_style(("sans-serif", 13))
+        .axis_desc_style(("sans-serif", 14))
         .draw()
         .map_err(plot_err)?;
     Ok(chart)
 }
 
-/// `curves.svg` (train loss, validation accuracy and macro-F1 per epoch) and `confusion.svg`
-/// (the last epoch's validation confusion matrix, rows normalised).
-pub fn plots(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow::Result<()> {
-    let Some(last) = history.last() else {
-        return Ok(());
-    };
-    let path = dir.join("curves.svg");
-    let root = SVGBackend::new(&path, (1000, 400)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_err)?;
-    let (left, right) = root.split_horizontally(500);
-    let epochs = history.len() as f64 + 1.0;
-    let max_loss = history.iter().map(|h| h.train_loss).fold(0.0, f64::max) * 1.1;
-    let mut chart = epoch_axes(&left, "train loss", epochs, max_loss.max(1e-3))?;
+/// A y range that fits `values` with some room, never below 0.
+fn fitted(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    if !lo.is_finite() {
+        return 0.0..1.0;
+    }
+    let pad = ((hi - lo) * 0.15).max(0.01);
+    (lo - pad).max(0.0)..hi + pad
+}
+
+/// Matplotlib's `tab10` colours: distinct, and readable on white.
+const TAB10: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// A series drawn as a line through dots (a one-epoch run is a dot), with a legend entry.
+fn draw_line(
+    chart: &mut EpochChart,
+    points: Vec<(f64, f64)>,
+    colour: RGBColor,
+    label: &str,
+) -> anyhow::Result<()> {
     chart
-        .draw_series(LineSeries::new(
-            history.iter().map(|h| (h.epoch as f64, h.train_loss)),
-            &RED,
+        .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+        .map_err(plot_err)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+    chart
+        .draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 3, colour.filled())),
+        )
+        .map_err(plot_err)?;
+    Ok(())
+}
+
+/// A dashed vertical line at the best epoch, named at its foot or top (on its left in the right
+/// half of the chart, so the name stays inside).
+fn mark_best(
+    chart: &mut EpochChart,
+    epoch: f64,
+    epochs: usize,
+    y: std::ops::Range<f64>,
+    at_top: bool,
+) -> anyhow::Result<()> {
+    let grey = RGBColor(110, 110, 110);
+    chart
+        .draw_series(DashedLineSeries::new(
+            vec![(epoch, y.start), (epoch, y.end)],
+            6,
+            4,
+            grey.stroke_width(1),
         ))
         .map_err(plot_err)?;
-    let mut chart = epoch_axes(&right, "validation", epochs, 1f64)?;
     chart
-        .draw_series(LineSeries::new(
-            history.iter().map(|h| (h.epoch as f64, h.val.accuracy)),
-            &BLUE,
-        ))
-        .map_err(plot_err)?
-        .label("accuracy")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    chart
-        .draw_series(LineSeries::new(
-            history.iter().map(|h| (h.epoch as f64, h.val.macro_f1)),
-            &GREEN,
-        ))
-        .map_err(plot_err)?
-        .label("macro-F1")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
+        .draw_series(std::iter::once(Text::new(
+            format!(" best epoch {epoch:.0} "),
+            (
+                if epoch > epochs as f64 * 0.6 {
+                    epoch - (epochs as f64 * 0.22).max(0.5)
+                } else {
+                    epoch
+                },
+                if at_top {
+                    y.end - (y.end - y.start) * 0.03
+                } else {
+                    y.start + (y.end - y.start) * 0.08
+                },
+            ),
+            ("sans-serif", 13).into_font().color(&grey),
+        )))
+        .map_err(plot_err)?;
+    Ok(())
+}
+
+/// `curves.svg` (train and validation loss; validation accuracy and macro-F1, the best epoch by
+/// macro-F1 marked) and `confusion.svg` (the best epoch's validation confusion matrix).
+pub fn plots(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow::Result<()> {
+    let Some(best) = history
+        .iter()
+        .fold(None::<&EpochRecord>, |best, h| match best {
+            Some(b) if b.val.macro_f1 >= h.val.macro_f1 => Some(b),
+            _ => Some(h),
+        })
+    else {
+        return Ok(());
+    };
+    let run = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = dir.join("curves.svg");
+    let root = SVGBackend::new(&path, (1100, 460)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let root = root
+        .titled(
+            &format!(
+                "{run}: training curves (validation: the evaluated model, EMA weights when kept)"
+            ),
+            ("sans-serif", 20),
+        )
+        .map_err(plot_err)?;
+    let (left, right) = root.split_horizontally(550);
+    let epochs = history.len().max(history.last().map_or(1, |h| h.epoch));
+    let epoch = |h: &EpochRecord| h.epoch as f64;
+    let losses = history
+        .iter()
+        .flat_map(|h| std::iter::once(h.train_loss).chain(h.val_loss));
+    let y = fitted(losses);
+    let mut chart = epoch_axes(&left, "loss", epochs, y.clone(), "cross-entropy")?;
+    draw_line(
+        &mut chart,
+        history.iter().map(|h| (epoch(h), h.train_loss)).collect(),
+        RGBColor(214, 39, 40),
+        "train (augmented, smoothed)",
+    )?;
+    let val: Vec<(f64, f64)> = history
+        .iter()
+        .filter_map(|h| Some((epoch(h), h.val_loss?)))
+        .collect();
+    if !val.is_empty() {
+        draw_line(&mut chart, val, RGBColor(31, 119, 180), "validation")?;
+    }
+    mark_best(&mut chart, epoch(best), epochs, y, false)?;
     chart
         .configure_series_labels()
         .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .label_font(("sans-serif", 13))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(plot_err)?;
+    let y = fitted(
+        history
+            .iter()
+            .flat_map(|h| [h.val.accuracy, h.val.macro_f1]),
+    );
+    let mut chart = epoch_axes(&right, "validation scores", epochs, y.clone(), "score")?;
+    draw_line(
+        &mut chart,
+        history.iter().map(|h| (epoch(h), h.val.accuracy)).collect(),
+        RGBColor(31, 119, 180),
+        &format!("accuracy (best epoch: {:.4})", best.val.accuracy),
+    )?;
+    draw_line(
+        &mut chart,
+        history.iter().map(|h| (epoch(h), h.val.macro_f1)).collect(),
+        RGBColor(44, 160, 44),
+        &format!("macro-F1 (best epoch: {:.4})", best.val.macro_f1),
+    )?;
+    mark_best(&mut chart, epoch(best), epochs, y, true)?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .label_font(("sans-serif", 13))
+        .position(SeriesLabelPosition::LowerRight)
         .draw()
         .map_err(plot_err)?;
     root.present().map_err(plot_err)?;
+    confusion_plot(&dir.join("confusion.svg"), best, classes, &run)?;
+    ssl_plot(dir, history, classes)
+}
 
-    let path = dir.join("confusion.svg");
+/// White for 0 to dark blue for 1.
+fn shade(share: f64) -> RGBColor {
+    let t = share.clamp(0.0, 1.0);
+    let mix = |from: f64, to: f64| (from + (to - from) * t).round() as u8;
+    RGBColor(mix(255.0, 8.0), mix(255.0, 48.0), mix(255.0, 107.0))
+}
+
+/// The validation confusion matrix of an epoch: rows are the true class, normalised to shares,
+/// with the count under each share, a colour bar, and the axes named.
+fn confusion_plot(
+    path: &Path,
+    record: &EpochRecord,
+    classes: &[String],
+    run: &str,
+) -> anyhow::Result<()> {
     let n = classes.len();
-    let cell = 60;
-    let root = SVGBackend::new(&path, ((n * cell + 140) as u32, (n * cell + 60) as u32))
-        .into_drawing_area();
+    let cell = 72i32;
+    let (left, top) = (130i32, 96i32);
+    let grid = n as i32 * cell;
+    let (width, height) = (left + grid + 120, top + grid + 50);
+    let root = SVGBackend::new(path, (width as u32, height as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
-    let matrix = &last.val.confusion.matrix;
-    for (t, row) in matrix.iter().enumerate() {
-        let total = row.iter().sum::<u64>().max(1) as f64;
-        root.draw(&Text::new(
-            classes[t].clone(),
-            (5, (t * cell + 30 + cell / 2) as i32),
-            ("sans-serif", 13),
+    let text = |s: String, at: (i32, i32), size: i32, colour: RGBColor| {
+        Text::new(s, at, ("sans-serif", size).into_font().color(&colour))
+    };
+    let ink = RGBColor(20, 20, 20);
+    root.draw(&text(
+        format!(
+            "{run}: validation confusion matrix, epoch {} (accuracy {:.4}, macro-F1 {:.4})",
+            record.epoch, record.val.accuracy, record.val.macro_f1
+        ),
+        (10, 10),
+        17,
+        ink,
+    ))
+    .map_err(plot_err)?;
+    root.draw(&text(
+        "predicted class".into(),
+        (left + grid / 2 - 50, 44),
+        15,
+        ink,
+    ))
+    .map_err(plot_err)?;
+    root.draw(&Text::new(
+        "true class (each row sums to 1)",
+        (12, top + grid / 2 + 100),
+        ("sans-serif", 15)
+            .into_font()
+            .transform(FontTransform::Rotate270)
+            .color(&ink),
+    ))
+    .map_err(plot_err)?;
+    let matrix = &record.val.confusion.matrix;
+    for (i, name) in classes.iter().enumerate() {
+        let i32_ = i as i32;
+        root.draw(&text(
+            name.clone(),
+            (left + i32_ * cell + 6, top - 20),
+            13,
+            ink,
         ))
         .map_err(plot_err)?;
-        for (p, count) in row.iter().enumerate() {
-            let share = *count as f64 / total;
-            let x = (p * cell + 120) as i32;
-            let y = (t * cell + 30) as i32;
-            let shade = (255.0 * (1.0 - share)) as u8;
-            root.draw(&Rectangle::new(
-                [(x, y), (x + cell as i32, y + cell as i32)],
-                RGBColor(shade, shade, 255).filled(),
-            ))
-            .map_err(plot_err)?;
-            root.draw(&Text::new(
-                format!("{:.2}", share),
-                (x + 12, y + cell as i32 / 2),
-                ("sans-serif", 13),
-            ))
-            .map_err(plot_err)?;
-        }
-        root.draw(&Text::new(
-            classes[t].chars().take(7).collect::<String>(),
-            ((t * cell + 125) as i32, 10),
-            ("sans-serif", 12),
+        root.draw(&text(
+            name.clone(),
+            (36, top + i32_ * cell + cell / 2 - 7),
+            13,
+            ink,
         ))
         .map_err(plot_err)?;
     }
+    for (t, row) in matrix.iter().enumerate() {
+        let total = row.iter().sum::<u64>().max(1) as f64;
+        for (p, count) in row.iter().enumerate() {
+            let share = *count as f64 / total;
+            let (x, y) = (left + p as i32 * cell, top + t as i32 * cell);
+            root.draw(&Rectangle::new(
+                [(x, y), (x + cell, y + cell)],
+                shade(share).filled(),
+            ))
+            .map_err(plot_err)?;
+            root.draw(&Rectangle::new(
+                [(x, y), (x + cell, y + cell)],
+                RGBColor(200, 200, 200).stroke_width(1),
+            ))
+            .map_err(plot_err)?;
+            let colour = if share > 0.5 { WHITE } else { ink };
+            root.draw(&text(format!("{share:.2}"), (x + 20, y + 20), 15, colour))
+                .map_err(plot_err)?;
+            root.draw(&text(format!("({count})"), (x + 18, y + 42), 12, colour))
+                .map_err(plot_err)?;
+        }
+    }
+    // The colour bar: 0 at the bottom, 1 at the top.
+    let (bx, steps) = (left + grid + 30, 50);
+    for k in 0..steps {
+        let y0 = top + grid - (k + 1) * grid / steps;
+        let y1 = top + grid - k * grid / steps;
+        root.draw(&Rectangle::new(
+            [(bx, y0), (bx + 20, y1)],
+            shade((f64::from(k) + 0.5) / f64::from(steps)).filled(),
+        ))
+        .map_err(plot_err)?;
+    }
+    for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
+        let y = top + grid - (tick * f64::from(grid)) as i32;
+        root.draw(&text(format!("{tick:.2}"), (bx + 26, y - 7), 12, ink))
+            .map_err(plot_err)?;
+    }
+    root.draw(&text("share".into(), (bx - 4, top - 20), 13, ink))
+        .map_err(plot_err)?;
     root.present().map_err(plot_err)?;
-    ssl_plot(dir, history, classes)
+    Ok(())
 }
 
 /// `thresholds.svg` for the semi-supervised modes: each class's threshold at the end of each
@@ -136,23 +346,33 @@ fn ssl_plot(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow::
         return Ok(());
     }
     let path = dir.join("thresholds.svg");
-    let root = SVGBackend::new(&path, (1000, 400)).into_drawing_area();
+    let root = SVGBackend::new(&path, (1100, 460)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
-    let (left, right) = root.split_horizontally(600);
-    let epochs = history.len() as f64 + 1.0;
-    let mut chart = epoch_axes(&left, "class thresholds", epochs, 1f64)?;
+    let run = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let root = root
+        .titled(
+            &format!(
+                "{run}: pseudo-label threshold of each class, and the share accepted (epoch ends)"
+            ),
+            ("sans-serif", 20),
+        )
+        .map_err(plot_err)?;
+    let (left, right) = root.split_horizontally(650);
+    let epochs = history.len().max(history.last().map_or(1, |h| h.epoch));
+    let mut chart = epoch_axes(&left, "class thresholds", epochs, 0.0..1.0, "threshold")?;
     for (c, name) in classes.iter().enumerate() {
-        let colour = Palette99::pick(c).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                points
-                    .iter()
-                    .map(|(e, s)| (*e, f64::from(s.thresholds.get(c).copied().unwrap_or(0.0)))),
-                colour,
-            ))
-            .map_err(plot_err)?
-            .label(name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+        draw_line(
+            &mut chart,
+            points
+                .iter()
+                .map(|(e, s)| (*e, f64::from(s.thresholds.get(c).copied().unwrap_or(0.0))))
+                .collect(),
+            TAB10[c % TAB10.len()],
+            name,
+        )?;
     }
     chart
         .configure_series_labels()
@@ -160,13 +380,19 @@ fn ssl_plot(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow::
         .position(SeriesLabelPosition::LowerRight)
         .draw()
         .map_err(plot_err)?;
-    let mut chart = epoch_axes(&right, "mask rate", epochs, 1f64)?;
-    chart
-        .draw_series(LineSeries::new(
-            points.iter().map(|(e, s)| (*e, s.mask_rate)),
-            &RED,
-        ))
-        .map_err(plot_err)?;
+    let mut chart = epoch_axes(
+        &right,
+        "mask rate",
+        epochs,
+        0.0..1.0,
+        "share of pseudo-labels accepted",
+    )?;
+    draw_line(
+        &mut chart,
+        points.iter().map(|(e, s)| (*e, s.mask_rate)).collect(),
+        RGBColor(214, 39, 40),
+        "mask rate",
+    )?;
     root.present().map_err(plot_err)?;
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! The labelled batch and the strong views go through the student in one forward pass, so batch
 //! norm sees both. L_fair is FreeMatch's self-adaptive fairness term (FreeMatch only).
 
-use burn::nn::loss::CrossEntropyLoss;
+use anyhow::Context;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::{log_softmax, softmax};
@@ -18,6 +18,8 @@ use rand::seq::SliceRandom;
 use crate::batch::{ViewKind, images_tensor, view_batch};
 use crate::config::{Config, Mode, SslConfig};
 use crate::data::{self, Dataset};
+use crate::framing::Reframer;
+use crate::loss::{SupervisedLoss, Targets};
 use crate::model::FerNet;
 use crate::thresholds::{Dtm, FixMatch, FlexMatch, FreeMatch, Policy, ThresholdPolicy};
 use crate::train::argmax;
@@ -43,16 +45,37 @@ impl Unlabelled {
             manifest.input.height,
             manifest.input.channels,
         );
+        let reframer = config
+            .ssl
+            .reframe
+            .as_ref()
+            .map(Reframer::load)
+            .transpose()
+            .context("ssl.reframe")?;
         let mut parts = Vec::new();
         for archive in &config.ssl.unlabelled {
             let path = config.data_dir.join(archive);
-            parts.push(
-                data::load_unlabelled(&path, preprocessor, side, config.ssl.limit_unlabelled)
-                    .map_err(|e| anyhow::anyhow!("unlabelled data {}: {e}", path.display()))?,
-            );
+            let (part, dropped) = data::load_unlabelled(
+                &path,
+                preprocessor,
+                side,
+                config.ssl.limit_unlabelled,
+                reframer.as_ref(),
+            )
+            .map_err(|e| anyhow::anyhow!("unlabelled data {}: {e}", path.display()))?;
+            if reframer.is_some() {
+                tracing::info!(
+                    archive = %path.display(),
+                    kept = part.len(),
+                    dropped,
+                    "re-framed to the labelled data's framing (dropped: no face or several)"
+                );
+            }
+            parts.push(part);
         }
         if let Some(mut rest) = left_out {
             rest.labels = None;
+            rest.soft = None;
             parts.push(rest);
         }
         let data = parts
@@ -133,7 +156,7 @@ pub struct SemiSupervised<'a> {
 /// One step's labelled half, already on the student's device.
 pub struct LabelledBatch {
     pub images: Tensor<4>,
-    pub targets: Tensor<1, Int>,
+    pub targets: Targets,
 }
 
 impl SemiSupervised<'_> {
@@ -144,7 +167,7 @@ impl SemiSupervised<'_> {
         student: &FerNet,
         teacher: &FerNet,
         labelled: LabelledBatch,
-        supervised: &CrossEntropyLoss,
+        supervised: &SupervisedLoss,
         step: usize,
         progress: f32,
     ) -> anyhow::Result<(Tensor<1>, StepStats)> {
@@ -270,6 +293,7 @@ mod tests {
                 channels: Channels::Gray,
                 images: vec![0; n],
                 labels: None,
+                soft: None,
             },
             seed: 3,
         }

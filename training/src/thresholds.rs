@@ -13,9 +13,12 @@
 //! - `freematch`: a self-adaptive global threshold τ_t = EMA of the batches' mean top confidence,
 //!   and class thresholds τ_t·p̃_t(c)/max p̃_t, p̃_t the EMA of the mean probability per class
 //!   (Wang et al., 2023). Its fairness loss lives in the training loop.
-//! - `dtm`: this project's Dynamic Threshold Module (see training/README.md): the class-relative
-//!   part of FreeMatch under a threshold that follows the stage of training, from lenient to
-//!   strict, with a floor that bounds label noise.
+//! - `dtm`: this project's Dynamic Threshold Module (see training/README.md), a threshold that
+//!   follows the stage of training, from lenient to strict, with a floor that bounds label noise,
+//!   scaled per class by one of two statistics (`anchor`): the teacher's mean probability of the
+//!   class on unlabelled images, relative to the most probable class (FreeMatch's class-relative
+//!   part; `unlabelled`), or its mean confidence on the labelled images of the class that it
+//!   classifies correctly (Ada-CM's statistic, Li et al., 2022; `labelled`).
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +28,14 @@ pub trait ThresholdPolicy: Send {
     fn select(&mut self, indices: &[usize], probs: &[f32], progress: f32) -> Vec<f32>;
     /// The current threshold of each class (for progress bars and plots).
     fn thresholds(&self) -> Vec<f32>;
+    /// Whether the policy learns from the teacher's predictions on the labelled train images
+    /// ([`ThresholdPolicy::observe_labelled`], once per epoch).
+    fn wants_labelled(&self) -> bool {
+        false
+    }
+    /// The teacher's probabilities on the labelled train images (rows of `classes`) and their
+    /// classes.
+    fn observe_labelled(&mut self, _probs: &[f32], _labels: &[usize]) {}
 }
 
 /// Index and value of a row's largest probability.
@@ -245,6 +256,21 @@ pub struct DtmParams {
     pub floor: f32,
     /// EMA decay of the per-class mean probability p̃.
     pub decay: f32,
+    /// The per-class statistic that scales the stage threshold.
+    pub anchor: Anchor,
+}
+
+/// What DTM's per-class scale is measured on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Anchor {
+    /// (p̃_t(c) / max p̃_t)^γ: the teacher's mean probability of each class on the unlabelled
+    /// batches, relative to the class it favours most.
+    #[default]
+    Unlabelled,
+    /// ā(c): the teacher's mean confidence on the labelled train images of class c that it
+    /// classifies correctly, measured at each epoch's end (Ada-CM's statistic).
+    Labelled,
 }
 
 impl Default for DtmParams {
@@ -256,17 +282,21 @@ impl Default for DtmParams {
             gamma: 0.5,
             floor: 0.5,
             decay: 0.999,
+            anchor: Anchor::Unlabelled,
         }
     }
 }
 
-/// T_t(c) = max(floor, τ(s) · (p̃_t(c)/max p̃_t)^γ), τ(s) = τ_start + (τ_end − τ_start)·min(1, s/ramp),
-/// s the share of training done.
+/// T_t(c) = max(floor, τ(s) · a(c)), τ(s) = τ_start + (τ_end − τ_start)·min(1, s/ramp), s the share
+/// of training done, and a(c) the anchor's statistic: (p̃_t(c)/max p̃_t)^γ, or ā(c).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Dtm {
     params: DtmParams,
     ema: ConfidenceEma,
     progress: f32,
+    /// ā(c) of the `labelled` anchor; 1 until a class has a correctly classified image.
+    #[serde(default)]
+    labelled_confidence: Vec<f32>,
 }
 
 impl Dtm {
@@ -275,6 +305,20 @@ impl Dtm {
             params,
             ema: ConfidenceEma::new(classes, params.decay),
             progress: 0.0,
+            labelled_confidence: vec![1.0; classes],
+        }
+    }
+
+    /// Each class's a(c).
+    fn class_scale(&self) -> Vec<f32> {
+        match self.params.anchor {
+            Anchor::Unlabelled => self
+                .ema
+                .relative()
+                .into_iter()
+                .map(|r| r.powf(self.params.gamma))
+                .collect(),
+            Anchor::Labelled => self.labelled_confidence.clone(),
         }
     }
 
@@ -298,11 +342,32 @@ impl ThresholdPolicy for Dtm {
 
     fn thresholds(&self) -> Vec<f32> {
         let tau = self.stage_tau();
-        self.ema
-            .relative()
+        self.class_scale()
             .into_iter()
-            .map(|r| (tau * r.powf(self.params.gamma)).max(self.params.floor))
+            .map(|a| (tau * a).max(self.params.floor))
             .collect()
+    }
+
+    fn wants_labelled(&self) -> bool {
+        self.params.anchor == Anchor::Labelled
+    }
+
+    fn observe_labelled(&mut self, probs: &[f32], labels: &[usize]) {
+        let classes = self.ema.classes;
+        let mut sum = vec![0.0f64; classes];
+        let mut count = vec![0usize; classes];
+        for (row, &label) in probs.chunks(classes).zip(labels) {
+            let (c, p) = top(row);
+            if c == label {
+                sum[c] += f64::from(p);
+                count[c] += 1;
+            }
+        }
+        for c in 0..classes {
+            if count[c] > 0 {
+                self.labelled_confidence[c] = (sum[c] / count[c] as f64) as f32;
+            }
+        }
     }
 }
 
@@ -339,6 +404,14 @@ impl Policy {
 impl ThresholdPolicy for Policy {
     fn select(&mut self, indices: &[usize], probs: &[f32], progress: f32) -> Vec<f32> {
         self.inner().select(indices, probs, progress)
+    }
+
+    fn wants_labelled(&self) -> bool {
+        matches!(self, Policy::Dtm(d) if d.wants_labelled())
+    }
+
+    fn observe_labelled(&mut self, probs: &[f32], labels: &[usize]) {
+        self.inner().observe_labelled(probs, labels)
     }
 
     fn thresholds(&self) -> Vec<f32> {
@@ -436,5 +509,36 @@ mod tests {
         assert!(late[1] < late[0] && late[1] >= 0.5, "{late:?}");
         let relative = (0.15f32 / 0.85).powf(0.5);
         assert!(close(late[1], (0.95 * relative).max(0.5)), "{late:?}");
+    }
+
+    #[test]
+    fn dtm_anchored_on_labelled_data_scales_by_the_confidence_of_correct_predictions() {
+        let params = DtmParams {
+            anchor: Anchor::Labelled,
+            ..DtmParams::default()
+        };
+        let mut d = Dtm::new(3, params);
+        assert!(d.wants_labelled() && !Dtm::new(3, DtmParams::default()).wants_labelled());
+        // Before any labelled statistic: the stage threshold itself.
+        assert!(d.thresholds().iter().all(|t| close(*t, 0.7)));
+        // Class 0: two correct (0.9, 0.7) and one wrong; class 1: one correct (0.6);
+        // class 2: never right, keeps its scale of 1.
+        let probs = [
+            0.9, 0.05, 0.05, //
+            0.7, 0.2, 0.1, //
+            0.2, 0.7, 0.1, // labelled 0, predicted 1
+            0.3, 0.6, 0.1, //
+            0.5, 0.4, 0.1, // labelled 2, predicted 0
+        ];
+        d.observe_labelled(&probs, &[0, 0, 0, 1, 2]);
+        d.select(&[0], &[0.1, 0.1, 0.8], 1.0);
+        let t = d.thresholds();
+        assert!(close(t[0], 0.95 * 0.8), "{t:?}");
+        assert!(close(t[1], (0.95f32 * 0.6).max(0.5)), "{t:?}");
+        assert!(close(t[2], 0.95), "{t:?}");
+        // It survives a checkpoint.
+        let p = Policy::Dtm(d);
+        let restored: Policy = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(restored.thresholds(), p.thresholds());
     }
 }

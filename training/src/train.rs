@@ -5,12 +5,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::record::OptimizerRecord;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::store::ModuleRecord;
-use burn::tensor::TensorData;
 use fer_contract::{Manifest, Preprocessor};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
@@ -23,6 +21,7 @@ use crate::batch::{ViewKind, images_tensor, view_batch};
 use crate::config::Config;
 use crate::data::{self, Dataset, Labelled};
 use crate::ema;
+use crate::loss::{SupervisedLoss, Targets};
 use crate::metrics::{Confusion, Scores};
 use crate::model::FerNet;
 use crate::report;
@@ -59,6 +58,10 @@ impl RunDir {
     pub fn policy(&self) -> PathBuf {
         self.0.join("policy.json")
     }
+    /// The command that trains this run, as a user would type it (for `export`).
+    pub fn command(&self) -> PathBuf {
+        self.0.join("command.txt")
+    }
 }
 
 /// One epoch's figures, kept in `state.json` and plotted.
@@ -67,6 +70,10 @@ pub struct EpochRecord {
     pub epoch: usize,
     pub step: usize,
     pub train_loss: f64,
+    /// Mean cross-entropy of the evaluated model on the validation images (runs from before it
+    /// was recorded have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
     pub learning_rate: f64,
     pub val: Scores,
     pub seconds: f64,
@@ -277,20 +284,29 @@ pub fn predict(
     Ok(logits)
 }
 
+/// Scores of a model on a labelled dataset, and its mean cross-entropy there (against the class).
 pub fn evaluate(
     model: &FerNet,
     dataset: &Dataset,
     preprocessor: &Preprocessor,
     classes: usize,
     device: &Device,
-) -> anyhow::Result<Scores> {
+) -> anyhow::Result<(Scores, f64)> {
     let logits = predict(model, dataset, preprocessor, device, 256)?;
     let labels = dataset.labels.as_ref().context("evaluation needs labels")?;
     let mut confusion = Confusion::new(classes);
+    let mut loss = 0.0f64;
     for (row, &truth) in logits.chunks(classes).zip(labels) {
         confusion.add(truth, argmax(row));
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let log_sum = row
+            .iter()
+            .map(|v| f64::from(v - max).exp())
+            .sum::<f64>()
+            .ln();
+        loss += log_sum - f64::from(row[truth] - max);
     }
-    Ok(confusion.scores())
+    Ok((confusion.scores(), loss / labels.len().max(1) as f64))
 }
 
 pub fn argmax(row: &[f32]) -> usize {
@@ -320,31 +336,6 @@ fn save_model(model: &FerNet, path: &Path) -> anyhow::Result<()> {
         .into_record()
         .save(path)
         .map_err(|e| anyhow::anyhow!("saving {}: {e:?}", path.display()))
-}
-
-/// The supervised loss of a config: cross-entropy with its label smoothing or class weights.
-fn supervised_loss(
-    config: &Config,
-    counts: &[usize],
-    device: &Device,
-) -> burn::nn::loss::CrossEntropyLoss {
-    let classes = counts.len();
-    let mut loss_config = CrossEntropyLossConfig::new().with_smoothing(config.loss.label_smoothing);
-    if config.loss.class_weights {
-        let total: usize = counts.iter().sum();
-        let weights = counts
-            .iter()
-            .map(|&c| {
-                if c == 0 {
-                    0.0
-                } else {
-                    total as f32 / (classes * c) as f32
-                }
-            })
-            .collect();
-        loss_config = loss_config.with_weights(Some(weights));
-    }
-    loss_config.init(device)
 }
 
 /// The models and state a checkpoint saves.
@@ -466,7 +457,7 @@ pub fn train(config: &Config, run: &RunDir, session: Session) -> anyhow::Result<
     state.backend = backend;
 
     let counts = labelled.train.class_counts(classes);
-    let loss_fn = supervised_loss(config, &counts, &device);
+    let loss_fn = SupervisedLoss::new(config, &counts, &device);
     let mut semi = match (unlabelled.as_ref(), policy) {
         (Some(unlabelled), Some(policy)) => Some(SemiSupervised {
             config,
@@ -538,12 +529,13 @@ pub fn train(config: &Config, run: &RunDir, session: Session) -> anyhow::Result<
                 config.seed ^ state.step as u64,
             );
             let images = images_tensor(images, batch.len(), &labelled.train, &device);
-            let targets: Vec<i64> = batch
-                .iter()
-                .map(|&i| labelled.train.label(i).unwrap_or(0) as i64)
-                .collect();
-            let targets =
-                Tensor::<1, Int>::from_data(TensorData::new(targets, [batch.len()]), &device);
+            let targets = Targets::of(
+                &labelled.train,
+                batch,
+                classes,
+                config.loss.soft_targets,
+                &device,
+            )?;
             let progress = state.step as f32 / total_steps.max(1) as f32;
             let (loss, stats) = match (semi.as_mut(), teacher.as_ref()) {
                 (Some(semi), Some(teacher)) => {
@@ -597,18 +589,38 @@ pub fn train(config: &Config, run: &RunDir, session: Session) -> anyhow::Result<
             Some(average) => average.clone(),
             None => model.valid().to_device(&eval_device),
         };
-        let scores = evaluate(
+        let (scores, val_loss) = evaluate(
             &evaluated,
             &labelled.val,
             &preprocessor,
             classes,
             &eval_device,
         )?;
+        if let Some(semi) = semi.as_mut().filter(|s| s.policy.wants_labelled()) {
+            // The labelled anchor of DTM: the teacher's confidence on the labelled train images.
+            let mut probs = predict(
+                &evaluated,
+                &labelled.train,
+                &preprocessor,
+                &eval_device,
+                256,
+            )?;
+            for row in probs.chunks_mut(classes) {
+                fer_contract::softmax_in_place(row);
+            }
+            let truth = labelled
+                .train
+                .labels
+                .as_ref()
+                .context("the labelled anchor needs labels")?;
+            semi.policy.observe_labelled(&probs, truth);
+        }
         let steps = state.step_in_epoch.max(1) as f64;
         let record = EpochRecord {
             epoch: state.epoch + 1,
             step: state.step,
             train_loss: state.epoch_loss_sum / steps,
+            val_loss: Some(val_loss),
             learning_rate: lr,
             val: scores.clone(),
             seconds: epoch_started.elapsed().as_secs_f64(),

@@ -49,7 +49,8 @@ fn trainer_and_server_preprocess_real_images_identically() {
     // JPEGs at other sizes (colour conversion and resizing).
     for name in ["ferplus.tar.gz", "fer2013.tar.gz", "unlabeled-faces.tar.gz"] {
         let n = 40;
-        let cached = data::load_unlabelled(&archive(name), &preprocessor, side, Some(n)).unwrap();
+        let (cached, _) =
+            data::load_unlabelled(&archive(name), &preprocessor, side, Some(n), None).unwrap();
         let raw = first_images(name, n);
         assert_eq!(cached.len(), n);
         let mut trainer_row = vec![0.0f32; preprocessor.input_len()];

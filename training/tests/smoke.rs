@@ -2,7 +2,7 @@
 //! modes, a few hundred real unlabelled faces), a few steps of every mode, then the export with its
 //! ONNX Runtime parity check.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use fer_contract::{MANIFEST_FILE, Manifest};
 use fer_train::augment::AugmentConfig;
@@ -10,8 +10,10 @@ use fer_train::backend::TrainBackend;
 use fer_train::config::{Config, LossConfig, Mode, OptimizerConfig, SslConfig};
 use fer_train::data::Source;
 use fer_train::export::{ExportRequest, export};
+use fer_train::framing::ReframeConfig;
 use fer_train::model::ModelConfig;
-use fer_train::train::{RunDir, Session, train};
+use fer_train::thresholds::Anchor;
+use fer_train::train::{RunDir, RunState, Session, train};
 
 fn smoke_config(mode: Mode) -> Config {
     Config {
@@ -57,8 +59,38 @@ fn every_mode_trains_with_falling_loss_and_exports_with_parity() {
         Mode::Freematch,
         Mode::Dtm,
     ] {
-        train_and_export(mode, TrainBackend::Flex);
+        train_and_export(smoke_config(mode), TrainBackend::Flex);
     }
+}
+
+/// FER+'s vote distributions as targets, and DTM anchored on labelled data with its unlabelled
+/// faces re-framed by the face detector as they load.
+#[test]
+fn soft_targets_and_dtm_on_labelled_data_with_reframed_faces_train_and_export() {
+    let mut soft = smoke_config(Mode::Supervised);
+    soft.loss.soft_targets = true;
+    train_and_export(soft, TrainBackend::Flex);
+
+    let mut dtm = smoke_config(Mode::Dtm);
+    dtm.ssl.dtm.anchor = Anchor::Labelled;
+    dtm.ssl.reframe = Some(ReframeConfig {
+        detector: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/models/ultraface/version-RFB-320.onnx"),
+        margin: -0.006,
+        shift: -0.018,
+    });
+    let state = train_and_export(dtm, TrainBackend::Flex);
+    let thresholds = &state.history[2]
+        .ssl
+        .as_ref()
+        .expect("ssl figures")
+        .thresholds;
+    // At the end of training the stage threshold is 0.95; a class the teacher gets right on
+    // labelled images is scaled below it by its confidence there.
+    assert!(
+        thresholds.iter().any(|t| *t < 0.95 - 1e-4),
+        "{thresholds:?}"
+    );
 }
 
 /// The libtorch backend (`cargo test -p fer-train --features tch`, after scripts/setup-libtorch.sh)
@@ -67,14 +99,14 @@ fn every_mode_trains_with_falling_loss_and_exports_with_parity() {
 #[test]
 fn libtorch_backend_trains_and_exports_with_parity() {
     for mode in [Mode::Supervised, Mode::Dtm] {
-        train_and_export(mode, TrainBackend::Tch);
+        train_and_export(smoke_config(mode), TrainBackend::Tch);
     }
 }
 
-fn train_and_export(mode: Mode, backend: TrainBackend) {
+fn train_and_export(config: Config, backend: TrainBackend) -> RunState {
+    let mode = config.mode;
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir(dir.path().join("run"));
-    let config = smoke_config(mode);
     let session = Session {
         backend,
         ..Session::default()
@@ -117,14 +149,18 @@ fn train_and_export(mode: Mode, backend: TrainBackend) {
         run: &run,
         models_dir: &models,
         name: "smoke",
-        version: 2,
-        command: "cargo test -p fer-train --test smoke",
+        version: Some(2),
+        command: Some("cargo test -p fer-train --test smoke"),
         ort_dylib: None,
         parity_images,
+        replace: true,
+        force: true,
     };
-    let (version_dir, parity) = export(&request(None)).unwrap();
+    let done = export(&request(None)).unwrap();
+    let (version_dir, parity) = (done.dir.clone(), done.parity.clone());
     assert_eq!(parity.images, 128);
     assert!(parity.passed(), "{parity:?}");
+    assert_eq!(done.serving, None, "nothing served before");
     let manifest = Manifest::load(&version_dir.join(MANIFEST_FILE)).unwrap();
     assert_eq!((manifest.name.as_str(), manifest.version), ("smoke", 2));
     assert_eq!(manifest.labels.len(), 8);
@@ -136,21 +172,100 @@ fn train_and_export(mode: Mode, backend: TrainBackend) {
         .collect();
     assert!(staged.is_empty(), "{staged:?}");
     if mode == Mode::Supervised {
-        // A second export of the same version replaces the first one whole.
+        // A second export of the same version replaces the first one whole (with --replace).
         std::fs::write(version_dir.join("stale.txt"), "from the first export").unwrap();
-        let (again, parity) = export(&request(Some(16))).unwrap();
-        assert_eq!(again, version_dir);
-        assert_eq!(parity.images, 16);
+        let again = export(&request(Some(16))).unwrap();
+        assert_eq!(again.dir, version_dir);
+        assert_eq!(again.parity.images, 16);
         assert!(!version_dir.join("stale.txt").exists());
         assert!(version_dir.join("model.onnx").is_file());
         assert_eq!(
             std::fs::read_dir(models.join(".staging")).unwrap().count(),
             0
         );
+        export_never_overwrites_or_publishes_a_worse_model(&request(Some(16)), &models);
     }
     let card = std::fs::read_to_string(version_dir.join("MODEL_CARD.md")).unwrap();
     assert!(card.contains("cargo test -p fer-train --test smoke"));
     assert!(card.contains(backend.describe()), "{card}");
+    state
+}
+
+/// Export's safety rules, on a trained run whose version 2 is published: without `--replace` an
+/// existing version is refused; without a version the next free one is written; a version less
+/// accurate than the serving one on the same validation set is refused without `--force`; the
+/// command comes from the run when none is given.
+fn export_never_overwrites_or_publishes_a_worse_model(base: &ExportRequest, models: &Path) {
+    let refused = export(&ExportRequest {
+        replace: false,
+        ..*base
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("--replace"), "{refused}");
+    let missing = export(&ExportRequest {
+        version: None,
+        command: None,
+        ..*base
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(missing.contains("--command"), "{missing}");
+    std::fs::write(
+        base.run.command(),
+        "fer-train train --config c.toml --run r\n",
+    )
+    .unwrap();
+    // No version: the next free one, compared with the serving version 2 (the same model).
+    let next = export(&ExportRequest {
+        version: None,
+        command: None,
+        force: false,
+        ..*base
+    })
+    .unwrap();
+    assert_eq!(next.dir, models.join("smoke/3"));
+    let serving = next
+        .serving
+        .expect("version 2 was measured on the same images");
+    assert_eq!(
+        (serving.version, serving.accuracy),
+        (2, next.figures.accuracy)
+    );
+    let card = std::fs::read_to_string(next.dir.join("MODEL_CARD.md")).unwrap();
+    assert!(
+        card.contains("fer-train train --config c.toml --run r"),
+        "{card}"
+    );
+    // Make the serving version (3) look better: a new export is refused, and nothing is written.
+    let path = next.dir.join(MANIFEST_FILE);
+    let mut manifest = Manifest::load(&path).unwrap();
+    manifest
+        .provenance
+        .metrics
+        .insert("val_accuracy".into(), 0.99);
+    manifest.save(&path).unwrap();
+    let worse = ExportRequest {
+        version: None,
+        force: false,
+        ..*base
+    };
+    let refused = export(&worse).unwrap_err().to_string();
+    assert!(
+        refused.contains("not published") && refused.contains("--force"),
+        "{refused}"
+    );
+    assert!(!models.join("smoke/4").exists());
+    assert_eq!(
+        std::fs::read_dir(models.join(".staging")).unwrap().count(),
+        0
+    );
+    let forced = export(&ExportRequest {
+        force: true,
+        ..worse
+    })
+    .unwrap();
+    assert_eq!(forced.dir, models.join("smoke/4"));
 }
 
 /// A semi-supervised run stopped mid-epoch (off the checkpoint interval) and resumed ends where the
@@ -158,8 +273,21 @@ fn train_and_export(mode: Mode, backend: TrainBackend) {
 /// state (FlexMatch's per-image classes, DTM's EMAs), the epoch's partial sums and the
 /// step-determined draws all come back. (The smoke network has no dropout, whose masks a resumed
 /// session draws afresh.)
+///
+/// Both runs go through a one-thread rayon pool: burn's flex backend sums in parallel, and rayon
+/// splits a sum by what other threads are doing, so under load (the other tests, a training run)
+/// the last bits of a gradient differ, and AdamW turns such noise on near-zero gradients into
+/// whole learning-rate steps. One thread makes every sum's order fixed.
 #[test]
 fn a_semi_supervised_run_stopped_mid_epoch_resumes_to_the_same_result() {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(resume_matches_an_uninterrupted_run);
+}
+
+fn resume_matches_an_uninterrupted_run() {
     for mode in [Mode::Flexmatch, Mode::Dtm] {
         let config = smoke_config(mode);
         let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,8 @@
 //! (manifest type, decode, resize, normalise), so a model is preprocessed the same way when it is
 //! trained and when it is served.
 
+#[cfg(feature = "onnx")]
+pub mod detect;
 pub mod manifest;
 #[cfg(feature = "onnx")]
 pub mod onnx;

@@ -76,8 +76,18 @@ pub fn run(args: &ScoreVideoArgs) -> anyhow::Result<()> {
                 Box::pin(remote(args, rx).await?)
             };
         let mut all = Vec::new();
+        let no_detector = crate::error::Error::DetectorNotConfigured.to_string();
         while let Some(item) = stream.next().await {
             let s = item?;
+            if s.error.as_deref() == Some(no_detector.as_str()) {
+                // Every frame would fail the same way: stop before decoding the rest.
+                bail!(
+                    "{} has no face detector, so it cannot find faces in frames: start it with \
+                     --detector, score locally with --local --detector, or pass --no-detect if each \
+                     frame is already a face crop",
+                    args.server
+                );
+            }
             progress.inc(1);
             progress.set_message(format!("{} faces", s.faces.len()));
             all.push(s);
@@ -94,8 +104,10 @@ pub fn run(args: &ScoreVideoArgs) -> anyhow::Result<()> {
     let out = match &args.out {
         Some(dir) => dir.clone(),
         None => {
-            let stem = args.video.file_stem().unwrap_or_default().to_string_lossy();
-            PathBuf::from(format!("{stem}.timeline"))
+            // `<video>.timeline/` beside the video: talk.mp4 → talk.mp4.timeline/.
+            let mut name = args.video.file_name().unwrap_or_default().to_os_string();
+            name.push(".timeline");
+            args.video.with_file_name(name)
         }
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -349,7 +361,7 @@ mod local {
                         Some(pool) => {
                             let options = AnalyzeOptions {
                                 detect: pool.defaults,
-                                margin: 0.2,
+                                margin: fer_contract::detect::TRAINING_FACE_MARGIN,
                             };
                             analyze::analyze(pool, &model, vec![image], options, None, &metrics)
                                 .await

@@ -95,11 +95,12 @@ pub struct ReconcileReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("cannot read the model repository {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    /// The cause is part of the message, not a `source`, so that a chain printed with `{:#}`
+    /// names it once.
+    #[error(
+        "cannot read the model repository {path}: {cause} (point --models-dir or FER_MODELS_DIR at it)"
+    )]
+    Io { path: String, cause: std::io::Error },
 }
 
 pub struct ModelRegistry {
@@ -310,9 +311,9 @@ impl ModelRegistry {
         settle: Duration,
     ) -> Result<BTreeMap<String, ModelOnDisk>, RegistryError> {
         let dir = &self.options.models_dir;
-        scan(dir, &self.options.version_policy, settle).map_err(|source| RegistryError::Io {
+        scan(dir, &self.options.version_policy, settle).map_err(|cause| RegistryError::Io {
             path: dir.display().to_string(),
-            source,
+            cause,
         })
     }
 

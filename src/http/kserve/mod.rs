@@ -18,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 
 use self::infer::{IMAGE_INPUT, PROBABILITIES_OUTPUT};
 use self::types::{
-    ConfigTensor, InferRequest, ModelConfig, ModelMetadata, ServerMetadata, TensorMetadata,
-    V2ErrorBody,
+    ConfigTensor, InferRequest, LiveResponse, ModelConfig, ModelMetadata, ModelReadyResponse,
+    ReadyResponse, ServerMetadata, TensorMetadata, V2ErrorBody,
 };
 use crate::core::registry::LoadedModel;
 use crate::error::Error;
@@ -80,10 +80,10 @@ pub async fn server_metadata() -> Json<ServerMetadata> {
     })
 }
 
-/// Server liveness.
-#[utoipa::path(get, path = "/v2/health/live", tag = "kserve-v2", responses((status = 200, description = "Alive")))]
-pub async fn live() -> StatusCode {
-    StatusCode::OK
+/// Server liveness (`{"live": true}`, as the Open Inference Protocol defines it).
+#[utoipa::path(get, path = "/v2/health/live", tag = "kserve-v2", responses((status = 200, description = "Alive", body = LiveResponse)))]
+pub async fn live() -> Json<LiveResponse> {
+    Json(LiveResponse { live: true })
 }
 
 /// Server readiness: the default model serves and the server is not stopping.
@@ -92,13 +92,13 @@ pub async fn live() -> StatusCode {
     path = "/v2/health/ready",
     tag = "kserve-v2",
     responses(
-        (status = 200, description = "Ready"),
+        (status = 200, description = "Ready", body = ReadyResponse),
         (status = 400, description = "Not ready (the protocol's 4xx)", body = V2ErrorBody),
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> Response {
     match state.readiness() {
-        Ok(()) => StatusCode::OK.into_response(),
+        Ok(()) => Json(ReadyResponse { ready: true }).into_response(),
         Err(e) => not_ready(e.to_string()),
     }
 }
@@ -183,7 +183,11 @@ pub async fn version_metadata(
 
 fn readiness(state: &AppState, name: &str, version: Option<&str>) -> Response {
     match resolve(state, name, version) {
-        Ok(_) => StatusCode::OK.into_response(),
+        Ok(_) => Json(ModelReadyResponse {
+            name: name.to_string(),
+            ready: true,
+        })
+        .into_response(),
         Err(e) => not_ready(e.to_string()),
     }
 }
@@ -194,7 +198,7 @@ fn readiness(state: &AppState, name: &str, version: Option<&str>) -> Response {
     path = "/v2/models/{model}/ready",
     tag = "kserve-v2",
     params(("model" = String, Path)),
-    responses((status = 200, description = "Ready"), (status = 400, description = "Not ready or unknown", body = V2ErrorBody))
+    responses((status = 200, description = "Ready", body = ModelReadyResponse), (status = 400, description = "Not ready or unknown", body = V2ErrorBody))
 )]
 pub async fn model_ready(
     State(state): State<AppState>,
@@ -209,7 +213,7 @@ pub async fn model_ready(
     path = "/v2/models/{model}/versions/{version}/ready",
     tag = "kserve-v2",
     params(("model" = String, Path), ("version" = String, Path)),
-    responses((status = 200, description = "Ready"), (status = 400, description = "Not ready or unknown", body = V2ErrorBody))
+    responses((status = 200, description = "Ready", body = ModelReadyResponse), (status = 400, description = "Not ready or unknown", body = V2ErrorBody))
 )]
 pub async fn version_ready(
     State(state): State<AppState>,

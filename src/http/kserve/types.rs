@@ -4,6 +4,25 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+/// `GET /v2/health/live`'s body.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LiveResponse {
+    pub live: bool,
+}
+
+/// `GET /v2/health/ready`'s body.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReadyResponse {
+    pub ready: bool,
+}
+
+/// A model (version) readiness answer's body.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelReadyResponse {
+    pub name: String,
+    pub ready: bool,
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ServerMetadata {
     pub name: String,
