@@ -18,14 +18,19 @@ fn ffmpeg(args: &[&str]) {
     assert!(status.success(), "ffmpeg {args:?}");
 }
 
-fn score_video(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_fer-server"))
+/// `fer-server score-video ARGS --quiet` with the repository's models.
+fn run_score_video(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fer-server"))
         .arg("score-video")
         .args(args)
         .args(["--quiet", "--models-dir"])
         .arg(repo().join("models"))
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn score_video(args: &[&str]) -> String {
+    let out = run_score_video(args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -37,13 +42,7 @@ fn score_video(args: &[&str]) -> String {
 
 /// Runs `score-video` expecting it to fail; returns its stderr.
 fn score_video_fails(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_fer-server"))
-        .arg("score-video")
-        .args(args)
-        .args(["--quiet", "--models-dir"])
-        .arg(repo().join("models"))
-        .output()
-        .unwrap();
+    let out = run_score_video(args);
     assert!(
         !out.status.success(),
         "{}",

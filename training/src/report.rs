@@ -93,6 +93,21 @@ fn draw_line(
     Ok(())
 }
 
+/// The chart's legend, framed, on a translucent white box at `position`.
+fn legend<'a, 'b: 'a>(
+    chart: &mut EpochChart<'a, 'b>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .label_font(("sans-serif", 13))
+        .position(position)
+        .draw()
+        .map_err(plot_err)
+}
+
 /// A dashed vertical line at the best epoch, named at its foot or top (on its left in the right
 /// half of the chart, so the name stays inside).
 fn mark_best(
@@ -181,14 +196,7 @@ pub fn plots(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow:
         draw_line(&mut chart, val, RGBColor(31, 119, 180), "validation")?;
     }
     mark_best(&mut chart, epoch(best), epochs, y, false)?;
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .label_font(("sans-serif", 13))
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(plot_err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     let y = fitted(
         history
             .iter()
@@ -208,14 +216,7 @@ pub fn plots(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow:
         &format!("macro-F1 (best epoch: {:.4})", best.val.macro_f1),
     )?;
     mark_best(&mut chart, epoch(best), epochs, y, true)?;
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .label_font(("sans-serif", 13))
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(plot_err)?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present().map_err(plot_err)?;
     confusion_plot(&dir.join("confusion.svg"), best, classes, &run)?;
     ssl_plot(dir, history, classes)
@@ -374,12 +375,7 @@ fn ssl_plot(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow::
             name,
         )?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(plot_err)?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     let mut chart = epoch_axes(
         &right,
         "mask rate",

@@ -7,7 +7,6 @@ pub mod frames;
 pub mod timeline;
 pub mod track;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
