@@ -183,6 +183,24 @@ impl Dataset {
         }
     }
 
+    /// The same images mirrored left to right (labels kept): a face's expression does not
+    /// change in a mirror, so averaging a model over both views is a test-time augmentation.
+    pub fn mirrored(&self) -> Dataset {
+        let (w, c) = (self.width as usize, self.channels.count());
+        let mut images = self.images.clone();
+        for row in images.chunks_mut(w * c) {
+            for x in 0..w / 2 {
+                for k in 0..c {
+                    row.swap(x * c + k, (w - 1 - x) * c + k);
+                }
+            }
+        }
+        Dataset {
+            images,
+            ..self.clone()
+        }
+    }
+
     /// This dataset followed by `other` (same size and channels), dropping labels unless both have them.
     pub fn concat(mut self, other: &Dataset) -> Dataset {
         self.images.extend_from_slice(&other.images);
@@ -548,6 +566,22 @@ mod tests {
         // unknown / not-a-face votes do not count
         let (_, label) = ferplus_label(r#"fer2.png,"(0, 0, 48, 48)",0,6,0,0,0,0,0,0,2,2"#).unwrap();
         assert_eq!(label.votes.unwrap()[1], 1.0);
+    }
+
+    #[test]
+    fn mirroring_reverses_each_row_and_keeps_labels() {
+        let data = Dataset {
+            width: 3,
+            height: 2,
+            channels: Channels::Gray,
+            images: vec![1, 2, 3, 4, 5, 6],
+            labels: Some(vec![4]),
+            soft: None,
+        };
+        let m = data.mirrored();
+        assert_eq!(m.images, vec![3, 2, 1, 6, 5, 4]);
+        assert_eq!(m.labels, data.labels);
+        assert_eq!(m.mirrored().images, data.images);
     }
 
     #[test]

@@ -78,6 +78,15 @@ enum Command {
         #[arg(long, env = "ORT_DYLIB_PATH")]
         ort_dylib: Option<PathBuf>,
     },
+    /// Score a run's best checkpoint on its validation set, as it is and with test-time flip
+    /// (logits averaged over each face and its mirror image).
+    Evaluate {
+        #[arg(long, env = "FER_TRAIN_RUN")]
+        run: PathBuf,
+        /// The burn backend that runs the model.
+        #[arg(long, env = "FER_TRAIN_BACKEND", value_enum, default_value_t)]
+        backend: TrainBackend,
+    },
     /// Draw a run's plots again from its state.json (curves.svg, confusion.svg, thresholds.svg).
     Plots {
         #[arg(long, env = "FER_TRAIN_RUN")]
@@ -212,6 +221,42 @@ fn main() -> anyhow::Result<()> {
                 None => {
                     println!("  no earlier version of {name} measured on the same validation set")
                 }
+            }
+        }
+        Command::Evaluate { run, backend } => {
+            let dir = RunDir(run);
+            let cfg = Config::load(&dir.config()).context("the run's config.toml")?;
+            let classes = cfg.data.classes();
+            let manifest = fer_train::train::manifest_template(&cfg, &classes);
+            let preprocessor = fer_contract::Preprocessor::new(&manifest, Default::default());
+            let (labelled, _) = fer_train::train::load_data(&cfg, &preprocessor, &manifest)?;
+            let device = backend.device()?;
+            let model =
+                fer_train::train::load_model(&cfg, classes.len(), &dir.best_model(), &device)?;
+            let n = classes.len();
+            for (name, (scores, loss)) in [
+                (
+                    "as is",
+                    fer_train::train::evaluate(&model, &labelled.val, &preprocessor, n, &device)?,
+                ),
+                (
+                    "with test-time flip",
+                    fer_train::train::evaluate_with_flip(
+                        &model,
+                        &labelled.val,
+                        &preprocessor,
+                        n,
+                        &device,
+                    )?,
+                ),
+            ] {
+                println!(
+                    "{}: {name}: val accuracy {:.4}, macro-F1 {:.4}, loss {loss:.4} on {} images",
+                    dir.0.display(),
+                    scores.accuracy,
+                    scores.macro_f1,
+                    labelled.val.len()
+                );
             }
         }
         Command::Plots { run } => {

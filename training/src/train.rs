@@ -293,6 +293,33 @@ pub fn evaluate(
     device: &Device,
 ) -> anyhow::Result<(Scores, f64)> {
     let logits = predict(model, dataset, preprocessor, device, 256)?;
+    score_logits(&logits, dataset, classes)
+}
+
+/// As [`evaluate`], with the logits averaged over each image and its mirror image (test-time
+/// flip).
+pub fn evaluate_with_flip(
+    model: &FerNet,
+    dataset: &Dataset,
+    preprocessor: &Preprocessor,
+    classes: usize,
+    device: &Device,
+) -> anyhow::Result<(Scores, f64)> {
+    let plain = predict(model, dataset, preprocessor, device, 256)?;
+    let mirrored = predict(model, &dataset.mirrored(), preprocessor, device, 256)?;
+    let logits: Vec<f32> = plain
+        .iter()
+        .zip(&mirrored)
+        .map(|(a, b)| (a + b) / 2.0)
+        .collect();
+    score_logits(&logits, dataset, classes)
+}
+
+fn score_logits(
+    logits: &[f32],
+    dataset: &Dataset,
+    classes: usize,
+) -> anyhow::Result<(Scores, f64)> {
     let labels = dataset.labels.as_ref().context("evaluation needs labels")?;
     let mut confusion = Confusion::new(classes);
     let mut loss = 0.0f64;
