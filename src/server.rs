@@ -8,10 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::auth::ApiKeys;
-use crate::backend::detector::DetectOptions;
 use crate::config::{RepositoryWatch, ServeArgs};
 use crate::core::admission::Admission;
-use crate::core::analyze::DetectorPool;
+use crate::core::analyze::{DetectorPool, DetectorSettings};
 use crate::core::registry::{ModelRegistry, RegistryOptions};
 use crate::core::watcher::{RepositoryWatcher, WatchMode, WatchOptions};
 use crate::grpc::fer::FerService;
@@ -77,26 +76,34 @@ impl Server {
             })?;
         let registry = registry.with_settle(debounce);
         let detector = &args.detector;
-        let detectors = match &detector.detector {
+        let path = detector.detector.path().unwrap_or_else(|missing| {
+            tracing::warn!("{missing}; /v1/analyze answers 501");
+            None
+        });
+        let detectors = match path {
             Some(path) => {
-                let pool = DetectorPool::load(
-                    environment,
-                    path,
-                    detector.detector_sessions,
-                    args.model.intra_threads(args.workers),
-                    DetectOptions {
-                        score_threshold: detector.detector_score_threshold,
-                        nms_iou: detector.detector_nms_iou,
-                        min_face: detector.min_face_size,
-                    },
-                    args.model.decode_limits(),
-                )
-                .with_context(|| format!("loading the face detector {}", path.display()))?;
-                tracing::info!(path = %path.display(), input = ?pool.input_size, "face detector ready");
+                let settings = DetectorSettings {
+                    sessions: detector.detector_sessions,
+                    intra_op_threads: args.model.intra_threads(args.workers),
+                    score_threshold: detector.detector_score_threshold,
+                    nms_iou: detector.detector_nms_iou,
+                    min_face: detector.min_face_size,
+                    margin: detector.face_margin,
+                    align: detector.align_faces,
+                };
+                let pool =
+                    DetectorPool::load(environment, &path, settings, args.model.decode_limits())
+                        .with_context(|| format!("loading the face detector {}", path.display()))?;
+                tracing::info!(
+                    path = %path.display(),
+                    kind = pool.kind.name(),
+                    input = ?pool.input_size,
+                    "face detector ready"
+                );
                 Some(Arc::new(pool))
             }
             None => {
-                tracing::info!("no face detector (--detector): /v1/analyze answers 501");
+                tracing::info!("no face detector (--detector none): /v1/analyze answers 501");
                 None
             }
         };
@@ -122,7 +129,6 @@ impl Server {
                     cors_allow_origins: args.access.cors_allow_origins.clone(),
                 }),
                 detectors,
-                face_margin: detector.face_margin,
             },
             watch: WatchOptions {
                 mode: match lifecycle.repository_watch {

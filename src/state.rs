@@ -54,8 +54,6 @@ pub struct AppState {
     pub access: Arc<AccessPolicy>,
     /// Face detection for `/v1/analyze`, when configured.
     pub detectors: Option<Arc<crate::core::analyze::DetectorPool>>,
-    /// Default context around detected faces (`--face-margin`).
-    pub face_margin: f32,
 }
 
 impl AppState {

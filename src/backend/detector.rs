@@ -1,8 +1,10 @@
-//! Face detection: the contract's UltraFace detector (shared with the trainer, which measures its
+//! Face detection: the contract's detectors (CenterFace, UltraFace) (shared with the trainer, which measures its
 //! datasets' framing with it), its errors mapped into the backend's.
 
+pub use fer_contract::detect::align::{TRAINING_LANDMARKS, aligned_crop};
 pub use fer_contract::detect::{
-    DetectError, DetectOptions, Detection, FaceDetector, crop_box, non_maximum_suppression,
+    DetectError, DetectOptions, Detection, DetectorKind, FaceDetector, Landmarks, crop_box,
+    non_maximum_suppression,
 };
 
 use super::BackendError;

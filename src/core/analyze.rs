@@ -1,5 +1,6 @@
-//! Analysis of full photos and frames: decode at full size → detect faces → crop each face with a
-//! margin → the model's preprocessing → the same batched classification as `classify`.
+//! Analysis of full photos and frames: decode at full size → detect faces → crop each face as the
+//! training data frames faces (aligned by its landmarks where the detector finds them) → the
+//! model's preprocessing → the same batched classification as `classify`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,20 +10,38 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use fer_contract::{DecodeLimits, Pixels};
 
-use crate::backend::detector::{DetectOptions, Detection, FaceDetector, crop_box};
+use crate::backend::detector::{
+    DetectOptions, Detection, DetectorKind, FaceDetector, TRAINING_LANDMARKS, aligned_crop,
+    crop_box,
+};
 use crate::core::classify::{self, Prediction};
 use crate::core::registry::LoadedModel;
 use crate::error::Error;
 use crate::metrics::Metrics;
 
+/// How detector sessions are loaded and what a request gets unless it asks otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct DetectorSettings {
+    pub sessions: usize,
+    pub intra_op_threads: usize,
+    /// `None`: the detector family's own threshold.
+    pub score_threshold: Option<f32>,
+    pub nms_iou: f32,
+    pub min_face: f32,
+    pub margin: f32,
+    pub align: bool,
+}
+
 /// Detector sessions, each used by one request at a time, on blocking threads.
 pub struct DetectorPool {
     idle: Receiver<FaceDetector>,
     back: Sender<FaceDetector>,
-    /// The model file's name without extension, e.g. `version-RFB-320`.
+    /// The model file's name without extension, e.g. `centerface`.
     pub name: String,
+    pub kind: DetectorKind,
     pub input_size: (u32, u32),
-    pub defaults: DetectOptions,
+    /// What a request gets unless it asks otherwise.
+    pub defaults: AnalyzeOptions,
     limits: DecodeLimits,
 }
 
@@ -30,18 +49,17 @@ impl DetectorPool {
     pub fn load(
         environment: &ort::environment::Environment,
         path: &Path,
-        sessions: usize,
-        intra_op_threads: usize,
-        defaults: DetectOptions,
+        settings: DetectorSettings,
         limits: DecodeLimits,
     ) -> Result<Self, crate::backend::BackendError> {
         let (back, idle) = crossbeam_channel::unbounded();
-        let mut input_size = (0, 0);
-        for _ in 0..sessions.max(1) {
-            let detector = FaceDetector::load(environment, path, intra_op_threads)?;
-            input_size = detector.input_size();
+        let mut loaded = None;
+        for _ in 0..settings.sessions.max(1) {
+            let detector = FaceDetector::load(environment, path, settings.intra_op_threads)?;
+            loaded = Some((detector.kind(), detector.input_size()));
             let _ = back.send(detector);
         }
+        let (kind, input_size) = loaded.unwrap_or((DetectorKind::UltraFace, (0, 0)));
         Ok(Self {
             idle,
             back,
@@ -49,10 +67,41 @@ impl DetectorPool {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
+            kind,
             input_size,
-            defaults,
+            defaults: AnalyzeOptions {
+                detect: DetectOptions {
+                    score_threshold: settings
+                        .score_threshold
+                        .unwrap_or(kind.default_score_threshold()),
+                    nms_iou: settings.nms_iou,
+                    min_face: settings.min_face,
+                },
+                margin: settings.margin,
+                align: settings.align,
+            },
             limits,
         })
+    }
+
+    /// The crop of one face that is classified: turned upright by its landmarks when `align` and
+    /// the detector found them, else the square around its box; framed as the training data, with
+    /// `margin` of the side added on each side.
+    fn crop(&self, image: &Pixels, face: &Detection, margin: f32, align: bool) -> Pixels {
+        if align
+            && let Some(crop) = face
+                .landmarks
+                .and_then(|marks| aligned_crop(image, &marks, &TRAINING_LANDMARKS, margin))
+        {
+            return crop;
+        }
+        let (x, y, w, h) = crop_box(
+            face,
+            self.kind.crop_margin(margin),
+            image.width,
+            image.height,
+        );
+        image.crop(x, y, w, h)
     }
 
     /// Decodes one photo and finds its faces (blocking).
@@ -79,8 +128,10 @@ impl DetectorPool {
 #[derive(Debug, Clone, Copy)]
 pub struct AnalyzeOptions {
     pub detect: DetectOptions,
-    /// Extra context around each face box, as a share of its larger side on each side.
+    /// Context beyond the training data's framing, as a share of the crop's side on each side.
     pub margin: f32,
+    /// Align faces by their landmarks (where the detector finds them).
+    pub align: bool,
 }
 
 /// A face in a photo and what it shows.
@@ -124,10 +175,10 @@ pub async fn analyze(
                 let crops = faces
                     .iter()
                     .map(|d| {
-                        let (x, y, w, h) = crop_box(d, options.margin, image.width, image.height);
+                        let crop = pool.crop(&image, d, options.margin, options.align);
                         prepare
                             .preprocessor
-                            .prepare(&image.crop(x, y, w, h))
+                            .prepare(&crop)
                             .map_err(|source| Error::InvalidImage { index, source })
                     })
                     .collect::<Result<Vec<_>, _>>()?;

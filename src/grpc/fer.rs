@@ -13,7 +13,7 @@ use super::inference::STREAM_IN_FLIGHT;
 use super::proto::fer::v1 as pb;
 use super::proto::fer::v1::fer_server::Fer;
 use super::{check_key, observe};
-use crate::core::analyze::{self, AnalyzeOptions};
+use crate::core::analyze;
 use crate::core::classify::{self, Prediction};
 use crate::error::Error;
 use crate::state::AppState;
@@ -84,10 +84,7 @@ async fn analyze_frame(
         model
     };
     let model = state.registry.resolve(name, None)?;
-    let options = AnalyzeOptions {
-        detect: detectors.defaults,
-        margin: state.face_margin,
-    };
+    let options = detectors.defaults;
     let work = analyze::analyze(
         &detectors,
         &model,

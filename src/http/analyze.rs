@@ -31,9 +31,12 @@ pub struct AnalyzeQuery {
     pub score_threshold: Option<f32>,
     /// Smallest face side kept, in pixels (default: `--min-face-size`).
     pub min_face_size: Option<f32>,
-    /// Context around each face box before classifying, as a share of its larger side on each side,
-    /// in [-0.25, 2] (default: `--face-margin`, 0, which frames faces as the training data does).
+    /// Context added beyond the training data's framing, as a share of the crop's side on each
+    /// side, in [-0.25, 2] (default: `--face-margin`, 0: faces framed as the training data).
     pub margin: Option<f32>,
+    /// Turn each face upright by its landmarks before classifying it (default: `--align-faces`,
+    /// true; detectors without landmarks crop the box either way).
+    pub align: Option<bool>,
 }
 
 /// A face box in pixels of the original image (EXIF orientation applied).
@@ -51,6 +54,11 @@ pub struct AnalyzedFace {
     pub bbox: FaceBox,
     /// Detection score.
     pub score: f32,
+    /// Five landmarks `[x, y]` in pixels of the original image: the eye on the image's left,
+    /// the other eye, the nose tip, the mouth corner on the image's left, the other one
+    /// (detectors that find them: CenterFace).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub landmarks: Option<Vec<[f32; 2]>>,
     pub label: String,
     pub confidence: f32,
     pub scores: BTreeMap<String, f32>,
@@ -76,8 +84,9 @@ pub struct AnalyzeResponse {
 /// Find and classify the faces in photos.
 ///
 /// The same bodies as `/v1/classify` (raw image, multipart `image` parts, JSON base64), but whole
-/// photos or video frames: each is decoded at full size, faces are detected (UltraFace, with
-/// non-maximum suppression), each face is cropped with a margin and classified like a face crop.
+/// photos or video frames: each is decoded at full size, faces are detected (CenterFace by default,
+/// or UltraFace; non-maximum suppression), each face is turned upright by its landmarks and framed
+/// as the training data (or cropped as a square around its box), and classified like a face crop.
 #[utoipa::path(
     post,
     path = "/v1/analyze",
@@ -123,11 +132,14 @@ pub async fn analyze_handler(
     let defaults = detectors.defaults;
     let options = AnalyzeOptions {
         detect: DetectOptions {
-            score_threshold: query.score_threshold.unwrap_or(defaults.score_threshold),
-            nms_iou: defaults.nms_iou,
-            min_face: query.min_face_size.unwrap_or(defaults.min_face),
+            score_threshold: query
+                .score_threshold
+                .unwrap_or(defaults.detect.score_threshold),
+            nms_iou: defaults.detect.nms_iou,
+            min_face: query.min_face_size.unwrap_or(defaults.detect.min_face),
         },
-        margin: query.margin.unwrap_or(state.face_margin),
+        margin: query.margin.unwrap_or(defaults.margin),
+        align: query.align.unwrap_or(defaults.align),
     };
     let valid = |v: f32, range: std::ops::RangeInclusive<f32>| v.is_finite() && range.contains(&v);
     if !valid(options.detect.score_threshold, 0.0..=1.0)
@@ -169,6 +181,7 @@ pub async fn analyze_handler(
                             height: f.detection.y1 - f.detection.y0,
                         },
                         score: f.detection.score,
+                        landmarks: f.detection.landmarks.map(|marks| marks.to_vec()),
                         label: f.prediction.label,
                         confidence: f.prediction.confidence,
                         scores: f.prediction.scores.into_iter().collect(),

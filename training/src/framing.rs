@@ -10,17 +10,19 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use fer_contract::detect::{DetectOptions, Detection, FaceDetector};
+use fer_contract::detect::{DetectOptions, Detection, FaceDetector, Landmarks};
 use fer_contract::{Channels, Pixels};
 use serde::{Deserialize, Serialize};
 
-/// The detector's filtering while measuring and re-framing: the server's defaults, with faces of
-/// any size (a 48×48 training face is small).
-pub const DETECT: DetectOptions = DetectOptions {
-    score_threshold: 0.7,
-    nms_iou: 0.3,
-    min_face: 4.0,
-};
+/// The detector's filtering while measuring and re-framing: the server's defaults for this
+/// detector, with faces of any size (a 48×48 training face is small).
+pub fn detect_options(detector: &FaceDetector) -> DetectOptions {
+    DetectOptions {
+        score_threshold: detector.kind().default_score_threshold(),
+        nms_iou: 0.3,
+        min_face: 4.0,
+    }
+}
 
 /// A framing: margin and shift, in units of the face box's larger side (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -71,16 +73,11 @@ pub fn find_faces(
         canvas[at..at + row].copy_from_slice(&rgb.data[y * row..(y + 1) * row]);
     }
     let canvas = Pixels::new(cw, ch, Channels::Rgb, canvas);
-    let found = detector.detect(&canvas, DETECT)?;
+    let options = detect_options(detector);
+    let found = detector.detect(&canvas, options)?;
     Ok(found
         .into_iter()
-        .map(|d| Detection {
-            x0: d.x0 - ox as f32,
-            y0: d.y0 - oy as f32,
-            x1: d.x1 - ox as f32,
-            y1: d.y1 - oy as f32,
-            score: d.score,
-        })
+        .map(|d| d.translated(-(ox as f32), -(oy as f32)))
         .collect())
 }
 
@@ -222,11 +219,15 @@ pub struct Measurement {
     pub several_faces: usize,
     pub margin: Option<Quartiles>,
     pub shift: Option<Quartiles>,
+    /// Median position of each of the five landmarks, as a share of the image's width and
+    /// height (detectors that find landmarks only).
+    pub landmarks: Option<Landmarks>,
 }
 
 impl Measurement {
     pub fn of(dataset: &str, found: &[(Found, u32, u32)]) -> Measurement {
         let (mut margins, mut shifts) = (Vec::new(), Vec::new());
+        let mut points: Vec<Vec<f32>> = vec![Vec::new(); 10];
         let (mut none, mut several) = (0, 0);
         for (f, w, h) in found {
             match f {
@@ -236,6 +237,10 @@ impl Measurement {
                     let framing = framing_of(d, *w, *h);
                     margins.push(framing.margin);
                     shifts.push(framing.shift);
+                    for (k, [x, y]) in d.landmarks.iter().flatten().enumerate() {
+                        points[2 * k].push(x / *w as f32);
+                        points[2 * k + 1].push(y / *h as f32);
+                    }
                 }
             }
         }
@@ -246,6 +251,7 @@ impl Measurement {
             several_faces: several,
             margin: Quartiles::of(&mut margins),
             shift: Quartiles::of(&mut shifts),
+            landmarks: median_landmarks(&mut points),
         }
     }
 
@@ -256,6 +262,17 @@ impl Measurement {
             shift: self.shift?.median,
         })
     }
+}
+
+/// The per-coordinate median of landmark samples (`points[2k]`: x of landmark k, `[2k+1]`: y).
+fn median_landmarks(points: &mut [Vec<f32>]) -> Option<Landmarks> {
+    let mut out: Landmarks = [[0.0; 2]; 5];
+    for (k, point) in out.iter_mut().enumerate() {
+        for (axis, value) in point.iter_mut().enumerate() {
+            *value = Quartiles::of(&mut points[2 * k + axis])?.median;
+        }
+    }
+    Some(out)
 }
 
 /// The datasets `fer-train framing` measures: (name, archive, path prefix, labelled).
@@ -282,6 +299,9 @@ pub struct FramingReport {
     /// The labelled data's median framing: what `[ssl.reframe]` and the server's
     /// `--face-margin` should use.
     pub labelled: Framing,
+    /// Where the labelled faces' landmarks lie, as shares of the image's side: the template the
+    /// server aligns faces to (detectors with landmarks only).
+    pub template: Option<Landmarks>,
     /// Each dataset as it is, then each unlabelled one re-framed (which should match `labelled`).
     pub measured: Vec<Measurement>,
 }
@@ -360,6 +380,7 @@ pub fn measure(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         labelled,
+        template: measured[0].landmarks,
         measured,
     };
     std::fs::write(
@@ -378,6 +399,7 @@ fn gray(image: &Pixels, side: u32) -> Pixels {
         x1: g.width as f32,
         y1: g.height as f32,
         score: 1.0,
+        landmarks: None,
     };
     reframe(&g, &face, framing_of(&face, g.width, g.height), side)
 }
@@ -444,6 +466,7 @@ mod tests {
             x1,
             y1,
             score: 0.9,
+            landmarks: None,
         }
     }
 

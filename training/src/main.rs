@@ -95,7 +95,7 @@ enum Command {
     /// Measure how the labelled and unlabelled datasets frame their faces (face detector box vs
     /// image), re-frame the unlabelled samples, and write framing.json and a contact sheet.
     Framing {
-        /// The UltraFace `.onnx` to measure with.
+        /// The face detector `.onnx` to measure with (CenterFace or UltraFace).
         #[arg(long, env = "FER_DETECTOR")]
         detector: PathBuf,
         #[arg(long, env = "FER_TRAIN_DATA_DIR", default_value = "../shared/data")]
@@ -301,6 +301,9 @@ fn main() -> anyhow::Result<()> {
                     q(m.margin),
                     q(m.shift)
                 );
+            }
+            if let Some(template) = report.template {
+                println!("labelled landmarks (median, share of the image's side): {template:?}");
             }
             println!(
                 "labelled framing: margin {:.3}, shift {:.3}; wrote {}",

@@ -296,8 +296,7 @@ fn whole_frame() -> Rect {
 /// server, without a server.
 mod local {
     use super::*;
-    use crate::backend::detector::DetectOptions;
-    use crate::core::analyze::{self, AnalyzeOptions, DetectorPool};
+    use crate::core::analyze::{self, DetectorPool, DetectorSettings};
     use crate::core::classify;
     use crate::core::registry::{ModelRegistry, RegistryOptions};
     use crate::metrics::Metrics;
@@ -329,19 +328,23 @@ mod local {
         let detectors = if args.no_detect {
             None
         } else {
-            let path = args.detector.as_ref().context(
-                "--local scoring of whole frames needs --detector <UltraFace .onnx> (or --no-detect for face crops)",
-            )?;
+            let path = args
+                .detector
+                .path()?
+                .context("--local scoring of whole frames needs a face detector (or --no-detect for face crops)")?;
+            let settings = DetectorSettings {
+                sessions: 1,
+                intra_op_threads: args.model.intra_threads(1),
+                score_threshold: None,
+                nms_iou: 0.3,
+                min_face: 20.0,
+                margin: 0.0,
+                align: true,
+            };
             Some(Arc::new(DetectorPool::load(
                 environment,
-                path,
-                1,
-                args.model.intra_threads(1),
-                DetectOptions {
-                    score_threshold: 0.7,
-                    nms_iou: 0.3,
-                    min_face: 20.0,
-                },
+                &path,
+                settings,
                 args.model.decode_limits(),
             )?))
         };
@@ -358,10 +361,7 @@ mod local {
                     let image = Bytes::from(image);
                     let result = match &detectors {
                         Some(pool) => {
-                            let options = AnalyzeOptions {
-                                detect: pool.defaults,
-                                margin: fer_contract::detect::TRAINING_FACE_MARGIN,
-                            };
+                            let options = pool.defaults;
                             analyze::analyze(pool, &model, vec![image], options, None, &metrics)
                                 .await
                                 .map(|mut a| {
