@@ -17,7 +17,7 @@ build: setup
 run: setup
 	./target/release/fer-server serve $(ARGS)
 
-## Every check CI runs (installs ffmpeg and promtool with apt when missing): formatting, clippy, then all tests of the workspace (release profile: the
+## Every check CI runs (installs ffmpeg, promtool and chromium with apt when missing): formatting, clippy, then all tests of the workspace (release profile: the
 ## trainer's tests run burn, which is slow unoptimised, and `make run` shares the build), then the
 ## end-to-end tests with real Python clients (tritonclient, installed from PyPI into .venv).
 test:

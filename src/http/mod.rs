@@ -10,6 +10,7 @@ pub mod health;
 pub mod kserve;
 pub mod models;
 pub mod openapi;
+pub mod page;
 pub mod repository;
 
 use std::time::Instant;
@@ -30,6 +31,7 @@ use utoipa_swagger_ui::SwaggerUi;
 pub use crate::state::{AccessPolicy, AppState, Limits};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.body_limit;
@@ -93,6 +95,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .merge(health)
         .merge(metrics)
+        .route("/", get(page::index))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -142,7 +145,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
             .allow_origin(allow)
             .allow_methods(tower_http::cors::Any)
             .allow_headers(tower_http::cors::Any)
-            .expose_headers([REQUEST_ID, axum::http::header::RETRY_AFTER]),
+            .expose_headers([REQUEST_ID, SERVER_TIMING, axum::http::header::RETRY_AFTER]),
     )
 }
 
@@ -156,7 +159,12 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let method = request.method().as_str().to_string();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    // The time the server spent, for clients that time themselves (the page at `/` shows it).
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(value) = HeaderValue::from_str(&format!("total;dur={millis:.1}")) {
+        response.headers_mut().insert(SERVER_TIMING, value);
+    }
     let status = response.status().as_u16().to_string();
     let labels = [route.as_str(), method.as_str(), status.as_str()];
     state.metrics.http_requests.with_label_values(&labels).inc();
