@@ -17,7 +17,7 @@ use crate::framing::Reframer;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
-    /// FER2013: `fer2013/{train,val}/<class>/*.jpg`, 7 classes.
+    /// FER2013: `fer2013/{train,val}/<class>/*.{jpg,png}`, 7 classes.
     Fer2013,
     /// FER+: `ferplus/{train,valid}/*.png` + `label.csv` vote counts, 8 classes (majority vote).
     Ferplus,
@@ -345,7 +345,8 @@ pub fn load_labelled(
                 .enumerate()
                 .map(|(i, c)| (*c, i))
                 .collect();
-            let files = read_archive(&path, |n| n.ends_with(".jpg"))?;
+            // JPEG as in the shared archive, PNG as `fer-train prepare` writes it
+            let files = read_archive(&path, |n| n.ends_with(".jpg") || n.ends_with(".png"))?;
             let (mut train, mut val) = (Vec::new(), Vec::new());
             for (name, bytes) in files {
                 let parts: Vec<&str> = name.split('/').collect();

@@ -12,6 +12,7 @@ pub mod glyphs;
 pub mod loss;
 pub mod metrics;
 pub mod model;
+pub mod prepare;
 pub mod report;
 pub mod ssl;
 pub mod thresholds;

@@ -48,6 +48,30 @@ enum Command {
         /// Stop this session after N steps, checkpointed; running the command again resumes.
         #[arg(long, env = "FER_TRAIN_STOP_AFTER_STEPS")]
         stop_after_steps: Option<usize>,
+        /// Folder of the dataset archives, instead of the config's `data_dir` (e.g. where
+        /// `fer-train prepare` wrote them).
+        #[arg(long, env = "FER_TRAIN_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Turn the datasets as published (FER2013's fer2013.csv, FER+'s fer2013new.csv, folders of
+    /// unlabelled face images) into the archives the trainer reads.
+    Prepare {
+        /// FER2013 as published: `emotion,pixels,Usage`.
+        #[arg(long, env = "FER_TRAIN_FER2013_CSV")]
+        fer2013_csv: Option<PathBuf>,
+        /// FER+ labels as Microsoft publishes them (`fer2013new.csv`; needs --fer2013-csv).
+        #[arg(long, env = "FER_TRAIN_FERPLUS_CSV", requires = "fer2013_csv")]
+        ferplus_csv: Option<PathBuf>,
+        /// A folder of unlabelled face images (JPEG/PNG); repeat for several sets.
+        #[arg(
+            long = "unlabelled",
+            env = "FER_TRAIN_UNLABELLED",
+            value_delimiter = ','
+        )]
+        unlabelled: Vec<PathBuf>,
+        /// Where the archives go (give it to `train --data-dir`).
+        #[arg(long, env = "FER_TRAIN_PREPARE_OUT", default_value = "data")]
+        out: PathBuf,
     },
     /// Export a run's best checkpoint to models/<name>/<version>/ and check ONNX parity.
     Export {
@@ -142,20 +166,27 @@ fn main() -> anyhow::Result<()> {
             fresh,
             backend,
             stop_after_steps,
+            data_dir,
         } => {
-            let cfg = Config::load(&config)?;
+            let mut cfg = Config::load(&config)?;
+            if let Some(dir) = &data_dir {
+                cfg.data_dir = dir.clone();
+            }
             let run_dir = RunDir(run.clone());
             std::fs::create_dir_all(&run)?;
             std::fs::write(
                 run_dir.command(),
                 format!(
-                    "fer-train train{} --config {} --run {}\n",
+                    "fer-train train{} --config {} --run {}{}\n",
                     match backend {
                         TrainBackend::Flex => "",
                         TrainBackend::Tch => " --backend tch",
                     },
                     config.display(),
-                    run.display()
+                    run.display(),
+                    data_dir
+                        .map(|d| format!(" --data-dir {}", d.display()))
+                        .unwrap_or_default()
                 ),
             )?;
             let started = Instant::now();
@@ -173,6 +204,37 @@ fn main() -> anyhow::Result<()> {
                 state.best_epoch,
                 started.elapsed().as_secs_f64(),
                 run.display()
+            );
+        }
+        Command::Prepare {
+            fer2013_csv,
+            ferplus_csv,
+            unlabelled,
+            out,
+        } => {
+            use fer_train::prepare;
+            anyhow::ensure!(
+                fer2013_csv.is_some() || !unlabelled.is_empty(),
+                "nothing to prepare: give --fer2013-csv (and --ferplus-csv) and/or --unlabelled DIR"
+            );
+            std::fs::create_dir_all(&out)?;
+            let mut written = Vec::new();
+            if let Some(csv) = &fer2013_csv {
+                let faces = prepare::read_fer2013(csv)?;
+                written.push(prepare::write_fer2013(&faces, &out)?);
+                if let Some(labels) = &ferplus_csv {
+                    written.push(prepare::write_ferplus(&faces, labels, &out)?);
+                }
+            }
+            if !unlabelled.is_empty() {
+                written.push(prepare::write_unlabelled(&unlabelled, &out)?);
+            }
+            for (path, files) in &written {
+                println!("{}: {files} files", path.display());
+            }
+            println!(
+                "train on them with `fer-train train --data-dir {} ...` (or FER_TRAIN_DATA_DIR)",
+                out.display()
             );
         }
         Command::Export {
