@@ -141,11 +141,26 @@ async fn a_video_of_known_faces_gives_their_labels_over_time() {
             .sum();
         assert!((sum - 1.0).abs() < 1e-3);
     }
+    // The face changes at 1 s and at 2 s: cuts between shots, where tracks end, though the
+    // "box" (the whole frame) stays where it was.
+    assert_eq!(t["cuts"], serde_json::json!([1.0, 2.0]));
+    let track_of = |i: usize| frames[i]["faces"][0]["track"].as_u64().unwrap();
+    assert!((0..5).all(|i| track_of(i) == track_of(0)));
+    assert!((5..10).all(|i| track_of(i) == track_of(5)));
+    assert!((10..15).all(|i| track_of(i) == track_of(10)));
+    assert!(track_of(0) != track_of(5) && track_of(5) != track_of(10));
     let csv = std::fs::read_to_string(out.join("timeline.csv")).unwrap();
     assert!(csv.starts_with("frame,time,track,x,y,width,height,score,label,p_anger,"));
     assert_eq!(csv.lines().count(), 16);
     let svg = std::fs::read_to_string(out.join("timeline.svg")).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 8, "one curve per label");
+    assert_eq!(svg.matches(">cut</text>").count(), 2);
+    for track in 0..3 {
+        assert!(
+            svg.contains(&format!(">track {track} (5)</text>")),
+            "every track drawn"
+        );
+    }
 
     // The same, scored in this process without a server.
     let local = dir.path().join("local");
@@ -241,6 +256,7 @@ async fn detection_tracks_every_face_of_a_group_video_and_smooths_it() {
         }
     }
     assert_eq!(tracks.len(), 4, "each face keeps its track: {tracks:?}");
+    assert_eq!(t["cuts"], serde_json::json!([]), "one shot");
 
     let local = dir.path().join("local");
     score_video(&[

@@ -3,6 +3,7 @@
 //! write a per-frame timeline (JSON, CSV) and a plot of label probabilities over time (SVG), with
 //! optional temporal smoothing per face track.
 
+pub mod cuts;
 pub mod frames;
 pub mod timeline;
 pub mod track;
@@ -17,6 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use self::cuts::CutDetector;
 use self::frames::{FrameReader, to_bmp};
 use self::timeline::{FaceRecord, FrameRecord, Timeline};
 use self::track::{Rect, Smoothing, Tracker};
@@ -46,17 +48,23 @@ pub fn run(args: &ScoreVideoArgs) -> anyhow::Result<()> {
         .build()?;
     let (tx, rx) = mpsc::channel::<Frame>(64);
     let fps = args.fps;
-    // ffmpeg is read on its own thread; frames go to the scorer as uncompressed BMPs.
-    let reading = std::thread::spawn(move || -> anyhow::Result<()> {
+    // ffmpeg is read on its own thread; frames go to the scorer as uncompressed BMPs. The thread
+    // also finds the cuts between shots (the frames that start one), where tracks end.
+    let reading = std::thread::spawn(move || -> anyhow::Result<Vec<u64>> {
         let mut index = 0u64;
+        let (mut detector, mut cuts) = (CutDetector::default(), Vec::new());
         while let Some(frame) = reader.next_frame()? {
+            if detector.is_cut(&frame) {
+                cuts.push(index);
+            }
             let bmp = to_bmp(&frame)?;
             if tx.blocking_send((index, index as f64 / fps, bmp)).is_err() {
                 break;
             }
             index += 1;
         }
-        reader.finish()
+        reader.finish()?;
+        Ok(cuts)
     });
     let progress = ProgressBar::new(0);
     progress.set_style(
@@ -94,12 +102,12 @@ pub fn run(args: &ScoreVideoArgs) -> anyhow::Result<()> {
         anyhow::Ok(all)
     })?;
     progress.finish_and_clear();
-    reading
+    let cuts = reading
         .join()
         .map_err(|_| anyhow::anyhow!("the frame reader panicked"))??;
     let elapsed = started.elapsed();
 
-    let timeline = build_timeline(args, smoothing, scored);
+    let timeline = build_timeline(args, smoothing, scored, &cuts);
     let out = match &args.out {
         Some(dir) => dir.clone(),
         None => {
@@ -130,7 +138,12 @@ pub fn run(args: &ScoreVideoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_timeline(args: &ScoreVideoArgs, smoothing: Smoothing, scored: Vec<Scored>) -> Timeline {
+fn build_timeline(
+    args: &ScoreVideoArgs,
+    smoothing: Smoothing,
+    scored: Vec<Scored>,
+    cuts: &[u64],
+) -> Timeline {
     let mut labels: Vec<String> = scored
         .iter()
         .flat_map(|s| s.faces.iter())
@@ -143,9 +156,13 @@ fn build_timeline(args: &ScoreVideoArgs, smoothing: Smoothing, scored: Vec<Score
         .find_map(|s| s.model.clone())
         .unwrap_or_default();
     let mut tracker = Tracker::new(smoothing);
+    let cut_times: Vec<f64> = cuts.iter().map(|i| *i as f64 / args.fps).collect();
     let frames = scored
         .into_iter()
         .map(|s| {
+            if cuts.contains(&s.index) {
+                tracker.cut();
+            }
             let faces: Vec<(Rect, Vec<f32>)> = s
                 .faces
                 .iter()
@@ -195,6 +212,7 @@ fn build_timeline(args: &ScoreVideoArgs, smoothing: Smoothing, scored: Vec<Score
         fps: args.fps,
         smoothing: args.smooth.clone(),
         detect: !args.no_detect,
+        cuts: cut_times,
         frames,
     }
 }

@@ -1,5 +1,5 @@
-//! Face tracks across frames (a face keeps its track while its box overlaps the track's last box)
-//! and temporal smoothing of each track's probabilities, as the ABAW entries smooth per subject.
+//! Face tracks across frames (a face keeps its track while its box overlaps the track's last box,
+//! until a cut between shots) and temporal smoothing of each track's probabilities, as the ABAW entries smooth per subject.
 
 use std::str::FromStr;
 
@@ -79,6 +79,11 @@ impl Tracker {
             smoothing,
             patience: 5,
         }
+    }
+
+    /// A new shot begins: every track ends (the next faces start new ones).
+    pub fn cut(&mut self) {
+        self.tracks.clear();
     }
 
     /// The track id and smoothed probabilities of each face of frame `index` (in the faces'
@@ -167,6 +172,10 @@ mod tests {
         assert_eq!(b[1].1, [0.5, 0.5], "ema of [1, 0] then [0, 1]");
         let c = t.update(2, &[(r(500.0), vec![1.0, 0.0])]);
         assert_eq!(c[0].0, 2, "a face elsewhere starts a track");
+        t.cut();
+        let d = t.update(3, &[(r(500.0), vec![0.0, 1.0])]);
+        assert_eq!(d[0].0, 3, "after a cut the same place is another face");
+        assert_eq!(d[0].1, [0.0, 1.0], "and its smoothing starts afresh");
 
         let mut m = Tracker::new("mean:2".parse().unwrap());
         m.update(0, &[(r(0.0), vec![1.0])]);
