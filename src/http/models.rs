@@ -28,7 +28,9 @@ pub struct ModelVersionInfo {
     /// Where the version's sessions run: `cpu`, `cuda` or `tensorrt` (ready versions).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub execution_provider: Option<String>,
-    /// Largest batch the server forms for this version.
+    /// Largest batch the server forms for this version (`--max-batch-size`); a request may carry
+    /// more images (`--max-images`, Triton's `max_batch_size` in `/v2/models/{m}/config`), which
+    /// then run as several batches.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_batch_size: Option<usize>,
     /// The version's manifest (see docs/manifest.md), when it could be read.

@@ -54,6 +54,7 @@ use utoipa::OpenApi;
         crate::http::kserve::types::ModelMetadata,
         crate::http::kserve::types::TensorMetadata,
         crate::http::kserve::types::ModelConfig,
+        crate::http::kserve::types::DynamicBatching,
         crate::http::kserve::types::ConfigTensor,
         crate::http::kserve::types::InferRequest,
         crate::http::kserve::types::InferInput,

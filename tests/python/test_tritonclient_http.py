@@ -3,6 +3,8 @@ binary and JSON tensors, both inputs (encoded images and the raw FP32 tensor), c
 and the repository API."""
 
 import base64
+import json
+import urllib.request
 
 import numpy as np
 import pytest
@@ -29,7 +31,7 @@ def preprocess(png):
     return ((gray * np.float32(0.003921569)) - 0.5) / 0.5
 
 
-def test_health_metadata_and_config(server):
+def test_health_metadata_and_config(server, addresses):
     assert server.is_server_live()
     assert server.is_server_ready()
     assert server.is_model_ready("ferplus")
@@ -44,7 +46,12 @@ def test_health_metadata_and_config(server):
     tensor_input = next(i for i in model["inputs"] if i["name"] != "image")
     assert tensor_input["shape"] == [-1, 1, 48, 48]
     config = server.get_model_config("ferplus")
-    assert config["max_batch_size"] > 0
+    # Triton's max_batch_size: images per request (--max-images, 64); the batches the server forms
+    # (--max-batch-size, 32, what /v1/models reports) are its dynamic_batching preference.
+    assert config["max_batch_size"] == 64
+    assert config["dynamic_batching"]["preferred_batch_size"] == [32]
+    models = json.load(urllib.request.urlopen(f"http://{addresses['http']}/v1/models"))
+    assert {m["max_batch_size"] for m in models["models"] if m["name"] == "ferplus"} == {32}
     assert config["platform"] == "onnxruntime_onnx"
 
 

@@ -115,6 +115,11 @@ pub struct ModelRegistry {
 }
 
 impl ModelRegistry {
+    /// How long a worker waits to fill a batch (`--max-queue-delay-ms`).
+    pub fn max_queue_delay(&self) -> Duration {
+        self.options.max_queue_delay
+    }
+
     /// An empty registry; [`Self::reconcile_all`] fills it from the repository.
     pub fn new(
         options: RegistryOptions,

@@ -18,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 
 use self::infer::{IMAGE_INPUT, PROBABILITIES_OUTPUT};
 use self::types::{
-    ConfigTensor, InferRequest, LiveResponse, ModelConfig, ModelMetadata, ModelReadyResponse,
-    ReadyResponse, ServerMetadata, TensorMetadata, V2ErrorBody,
+    ConfigTensor, DynamicBatching, InferRequest, LiveResponse, ModelConfig, ModelMetadata,
+    ModelReadyResponse, ReadyResponse, ServerMetadata, TensorMetadata, V2ErrorBody,
 };
 use crate::core::registry::LoadedModel;
 use crate::error::Error;
@@ -270,6 +270,10 @@ pub async fn model_config(
                 dims: vec![classes],
             })
             .collect(),
+        dynamic_batching: DynamicBatching {
+            preferred_batch_size: vec![model.max_batch_size],
+            max_queue_delay_microseconds: state.registry.max_queue_delay().as_micros() as u64,
+        },
     }))
 }
 

@@ -119,9 +119,20 @@ pub struct ModelConfig {
     pub name: String,
     pub platform: String,
     pub backend: String,
+    /// Most images one request may carry (`--max-images`), as Triton means it.
     pub max_batch_size: usize,
     pub input: Vec<ConfigTensor>,
     pub output: Vec<ConfigTensor>,
+    /// How the server batches requests: the largest batch it forms (`--max-batch-size`, what
+    /// `/v1/models` calls `max_batch_size`); a request larger than that runs as several batches.
+    pub dynamic_batching: DynamicBatching,
+}
+
+/// Triton's `dynamic_batching` block.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DynamicBatching {
+    pub preferred_batch_size: Vec<usize>,
+    pub max_queue_delay_microseconds: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
