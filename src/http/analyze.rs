@@ -73,6 +73,16 @@ pub struct AnalyzedImage {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "model": {"name": "ferplus", "version": 1},
+    "detector": "centerface",
+    "results": [{"width": 1024, "height": 484, "faces": [{
+        "box": {"x": 300.7, "y": 100.9, "width": 107.2, "height": 131.0},
+        "score": 0.912,
+        "landmarks": [[319.4, 158.8], [366.8, 148.9], [344.6, 179.5], [335.2, 202.2], [375.9, 193.8]],
+        "label": "happiness", "confidence": 0.904, "scores": {"happiness": 0.904}
+    }]}]
+}))]
 pub struct AnalyzeResponse {
     pub model: ModelRef,
     /// The face detector (its model file's name).
@@ -95,8 +105,8 @@ pub struct AnalyzeResponse {
     request_body(
         description = "The photo(s) to analyse",
         content(
-            (Vec<u8> = "image/*"),
-            (Vec<u8> = "multipart/form-data"),
+            (crate::http::classify::ImageFile = "image/*"),
+            (crate::http::classify::ImageUpload = "multipart/form-data"),
             (crate::http::classify::ClassifyJson = "application/json"),
         ),
     ),

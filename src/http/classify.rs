@@ -32,8 +32,31 @@ pub struct ClassifyQuery {
 /// JSON request body: base64-encoded images (a `data:image/...;base64,` prefix is accepted).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"images": [EXAMPLE_IMAGE]}))]
 pub struct ClassifyJson {
+    /// One to `--max-images` images, in order.
+    #[schema(min_items = 1)]
     pub images: Vec<String>,
+}
+
+/// A 48×48 grey gradient as a PNG data URL: a valid image for the description's examples.
+pub const EXAMPLE_IMAGE: &str = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAADAAAAAwCAAAAAByaaZbAAAAHUlEQVR42mNkYCUNMI2CUTAKRsEoGAWjYBSMLAAAZrQS68AssD0AAAAASUVORK5CYII=";
+
+/// One image file as the whole body (JPEG, PNG, WebP, BMP or GIF).
+// Describes the wire format in the OpenAPI document; the handler reads the bytes as they come.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct ImageFile(Vec<u8>);
+
+/// A multipart body: the images as `image` parts (files), in order.
+// Describes the wire format in the OpenAPI document; the handler reads the parts as they stream in.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ImageUpload {
+    /// One to `--max-images` image files.
+    #[schema(value_type = Vec<ImageFile>, min_items = 1)]
+    pub image: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -53,6 +76,11 @@ pub struct ClassifyResult {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "model": {"name": "ferplus", "version": 1},
+    "results": [{"label": "happiness", "confidence": 0.9275,
+                 "scores": {"happiness": 0.9275, "contempt": 0.0132, "disgust": 0.0117}}]
+}))]
 pub struct ClassifyResponse {
     pub model: ModelRef,
     /// One result per image, in input order.
@@ -73,8 +101,8 @@ pub struct ClassifyResponse {
     request_body(
         description = "The image(s) to classify",
         content(
-            (Vec<u8> = "image/*"),
-            (Vec<u8> = "multipart/form-data"),
+            (ImageFile = "image/*"),
+            (ImageUpload = "multipart/form-data"),
             (ClassifyJson = "application/json"),
         ),
     ),

@@ -35,6 +35,8 @@ use utoipa::OpenApi;
         crate::http::kserve::types::ReadyResponse,
         crate::http::kserve::types::ModelReadyResponse,
         crate::http::classify::ClassifyJson,
+        crate::http::classify::ImageFile,
+        crate::http::classify::ImageUpload,
         crate::http::classify::ClassifyResponse,
         crate::http::classify::ClassifyResult,
         crate::http::classify::ModelRef,
