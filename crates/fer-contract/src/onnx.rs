@@ -40,13 +40,7 @@ pub fn locate_runtime(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> 
         }
     } else {
         candidates.push(Path::new(REPO_LIB_DIR).join(LIB_NAME));
-        if let Some(dir) = std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(Path::to_path_buf))
-        {
-            candidates.push(dir.join(LIB_NAME));
-            candidates.push(dir.join("lib").join(LIB_NAME));
-        }
+        candidates.extend(beside_executable("lib", LIB_NAME));
     }
     candidates
         .iter()
@@ -59,6 +53,16 @@ pub fn locate_runtime(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> 
                 .collect::<Vec<_>>()
                 .join(", "),
         })
+}
+
+/// `file` beside the running executable, then in its `folder` there (empty when the executable's
+/// place is unknown): where an installed binary finds what setup fetched.
+pub fn beside_executable(folder: &str, file: &str) -> Vec<PathBuf> {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .map(|dir| vec![dir.join(file), dir.join(folder).join(file)])
+        .unwrap_or_default()
 }
 
 static ENVIRONMENT: OnceLock<Result<(PathBuf, Environment), String>> = OnceLock::new();

