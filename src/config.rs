@@ -184,10 +184,10 @@ pub struct DetectorArgs {
     #[arg(long, env = "FER_DETECTOR_SCORE_THRESHOLD")]
     pub detector_score_threshold: Option<f32>,
     /// Overlap (IoU) above which the weaker of two face boxes is dropped.
-    #[arg(long, env = "FER_DETECTOR_NMS_IOU", default_value_t = 0.3)]
+    #[arg(long, env = "FER_DETECTOR_NMS_IOU", default_value_t = fer_contract::detect::DEFAULT_NMS_IOU)]
     pub detector_nms_iou: f32,
     /// Smallest face side kept, in pixels (a request's `min_face_size` overrides it).
-    #[arg(long, env = "FER_MIN_FACE_SIZE", default_value_t = 20.0)]
+    #[arg(long, env = "FER_MIN_FACE_SIZE", default_value_t = fer_contract::detect::DEFAULT_MIN_FACE)]
     pub min_face_size: f32,
     /// Context added around each face beyond the training data's framing, as a share of the
     /// crop's side on each side (negative: tighter, down to -0.25). 0 frames faces as the training

@@ -53,13 +53,16 @@ impl DetectorPool {
         limits: DecodeLimits,
     ) -> Result<Self, crate::backend::BackendError> {
         let (back, idle) = crossbeam_channel::unbounded();
-        let mut loaded = None;
-        for _ in 0..settings.sessions.max(1) {
-            let detector = FaceDetector::load(environment, path, settings.intra_op_threads)?;
-            loaded = Some((detector.kind(), detector.input_size()));
-            let _ = back.send(detector);
+        let first = FaceDetector::load(environment, path, settings.intra_op_threads)?;
+        let (kind, input_size) = (first.kind(), first.input_size());
+        let _ = back.send(first);
+        for _ in 1..settings.sessions.max(1) {
+            let _ = back.send(FaceDetector::load(
+                environment,
+                path,
+                settings.intra_op_threads,
+            )?);
         }
-        let (kind, input_size) = loaded.unwrap_or((DetectorKind::UltraFace, (0, 0)));
         Ok(Self {
             idle,
             back,

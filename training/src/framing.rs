@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 pub fn detect_options(detector: &FaceDetector) -> DetectOptions {
     DetectOptions {
         score_threshold: detector.kind().default_score_threshold(),
-        nms_iou: 0.3,
+        nms_iou: fer_contract::detect::DEFAULT_NMS_IOU,
         min_face: 4.0,
     }
 }

@@ -30,8 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let options = |d: &FaceDetector| DetectOptions {
         score_threshold: d.kind().default_score_threshold(),
-        nms_iou: 0.3,
-        min_face: 20.0,
+        nms_iou: fer_contract::detect::DEFAULT_NMS_IOU,
+        min_face: fer_contract::detect::DEFAULT_MIN_FACE,
     };
     let mut photos: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))

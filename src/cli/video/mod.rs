@@ -354,8 +354,8 @@ mod local {
                 sessions: 1,
                 intra_op_threads: args.model.intra_threads(1),
                 score_threshold: None,
-                nms_iou: 0.3,
-                min_face: 20.0,
+                nms_iou: fer_contract::detect::DEFAULT_NMS_IOU,
+                min_face: fer_contract::detect::DEFAULT_MIN_FACE,
                 margin: 0.0,
                 align: true,
             };

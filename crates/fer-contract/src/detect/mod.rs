@@ -30,6 +30,12 @@ pub enum DetectError {
     Run(String),
 }
 
+/// The overlap above which the weaker of two boxes is dropped, unless told otherwise (the server's
+/// `--detector-nms-iou`, score-video, the trainer's framing).
+pub const DEFAULT_NMS_IOU: f32 = 0.3;
+/// The smallest face side kept in photos, in pixels, unless told otherwise (`--min-face-size`).
+pub const DEFAULT_MIN_FACE: f32 = 20.0;
+
 /// How detections are filtered.
 #[derive(Debug, Clone, Copy)]
 pub struct DetectOptions {
