@@ -317,7 +317,7 @@ pub struct AccessArgs {
     /// File with one API key per line (`#` comments and blank lines ignored).
     #[arg(long, env = "FER_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
-    /// Require a key for /healthz and /readyz too (when keys are configured).
+    /// Require a key for /healthz, /readyz and /v2/health/* too (when keys are configured).
     #[arg(long, env = "FER_AUTH_HEALTH")]
     pub auth_health: bool,
     /// Require a key for /metrics too (when keys are configured).

@@ -202,6 +202,11 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
     assert_error(s, &b, 404, "model_not_found");
     let (s, b) = classify_raw(&server, "image/png", face.png.clone(), "?version=99").await;
     assert_error(s, &b, 404, "model_not_found");
+    // A misspelt parameter is refused, not ignored.
+    let (s, b) = classify_raw(&server, "image/png", face.png.clone(), "?topk=1").await;
+    assert_error(s, &b, 400, "bad_request");
+    let (s, b) = classify_raw(&server, "image/png", face.png.clone(), "?top_k=4294967296").await;
+    assert_error(s, &b, 400, "bad_request");
 
     let (s, b) = classify_raw(&server, "application/json", b"{\"images\": [".to_vec(), "").await;
     assert_error(s, &b, 400, "bad_request");
@@ -312,6 +317,29 @@ async fn models_health_docs_and_metrics_endpoints() {
         get_json(&server, "/v2/models/ferplus/ready").await,
         serde_json::json!({"name": "ferplus", "ready": true})
     );
+    // Unknown is a 404 as on every route; a version that is not a number, a 400.
+    for (path, status) in [
+        ("/v2/models/nope/ready", 404),
+        ("/v2/models/ferplus/versions/99/ready", 404),
+        ("/v2/models/ferplus/versions/one/ready", 400),
+    ] {
+        let r = c.get(server.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        assert!(
+            r.json::<Value>().await.unwrap()["error"].is_string(),
+            "{path}"
+        );
+    }
+    // The repository index's body is optional: absent, empty or null.
+    for body in ["", "null", "{}", "{\"ready\": true}"] {
+        let r = c
+            .post(server.url("/v2/repository/index"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{body}");
+    }
 
     let models: Value = get_json(&server, "/v1/models").await;
     assert_eq!(models["default_model"], MODEL);

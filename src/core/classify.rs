@@ -141,12 +141,12 @@ pub fn probabilities(model: &LoadedModel, mut scores: Vec<f32>, metrics: &Metric
 
 /// A request's `top_k`, checked: `None` asks for every label, 0 is refused (a request for no
 /// score is a mistake, not a wish for one).
-pub fn check_top_k(top_k: Option<usize>) -> Result<Option<usize>, Error> {
+pub fn check_top_k(top_k: Option<u32>) -> Result<Option<usize>, Error> {
     match top_k {
         Some(0) => Err(Error::BadRequest(
             "top_k must be at least 1 (leave it out for every label)".into(),
         )),
-        other => Ok(other),
+        other => Ok(other.map(|k| k as usize)),
     }
 }
 

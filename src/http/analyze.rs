@@ -17,8 +17,10 @@ use crate::error::Error;
 use crate::http::AppState;
 use crate::http::classify::{ModelRef, read_images};
 
+/// Query parameters; an unknown one is a 400.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct AnalyzeQuery {
     /// Expression model (default: the server's default model).
     pub model: Option<String>,
@@ -26,13 +28,16 @@ pub struct AnalyzeQuery {
     pub version: Option<u64>,
     /// Return only the `top_k` best scores per face, at least 1 (default: every label).
     #[param(minimum = 1)]
-    pub top_k: Option<usize>,
-    /// Lowest face-detection score kept (default: `--detector-score-threshold`).
+    pub top_k: Option<u32>,
+    /// Lowest face-detection score kept, in [0, 1] (default: `--detector-score-threshold`).
+    #[param(minimum = 0, maximum = 1)]
     pub score_threshold: Option<f32>,
-    /// Smallest face side kept, in pixels (default: `--min-face-size`).
+    /// Smallest face side kept, in pixels, at most 1,000,000 (default: `--min-face-size`).
+    #[param(minimum = 0, maximum = 1_000_000)]
     pub min_face_size: Option<f32>,
     /// Context added beyond the training data's framing, as a share of the crop's side on each
     /// side, in [-0.25, 2] (default: `--face-margin`, 0: faces framed as the training data).
+    #[param(minimum = -0.25, maximum = 2)]
     pub margin: Option<f32>,
     /// Turn each face upright by its landmarks before classifying it (default: `--align-faces`,
     /// true; detectors without landmarks crop the box either way).
@@ -113,7 +118,6 @@ pub struct AnalyzeResponse {
     responses(
         (status = 200, description = "The faces of each image, in input order", body = AnalyzeResponse),
         (status = 400, description = "Corrupt image, malformed body or query", body = crate::http::error::ErrorBody),
-        (status = 401, description = "API keys are configured and none was given", body = crate::http::error::ErrorBody),
         (status = 404, description = "Unknown model or version", body = crate::http::error::ErrorBody),
         (status = 413, description = "Body over the size limit", body = crate::http::error::ErrorBody),
         (status = 415, description = "Unsupported content type or image format", body = crate::http::error::ErrorBody),

@@ -17,8 +17,10 @@ use crate::core::classify;
 use crate::error::Error;
 use crate::http::{AppState, Limits};
 
+/// Query parameters; an unknown one is a 400 (a misspelt `top_k` would otherwise be ignored).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ClassifyQuery {
     /// Model name (default: the server's default model).
     pub model: Option<String>,
@@ -26,7 +28,7 @@ pub struct ClassifyQuery {
     pub version: Option<u64>,
     /// Return only the `top_k` best scores per image, at least 1 (default: every label).
     #[param(minimum = 1)]
-    pub top_k: Option<usize>,
+    pub top_k: Option<u32>,
 }
 
 /// JSON request body: base64-encoded images (a `data:image/...;base64,` prefix is accepted).
@@ -35,9 +37,16 @@ pub struct ClassifyQuery {
 #[schema(example = json!({"images": [EXAMPLE_IMAGE]}))]
 pub struct ClassifyJson {
     /// One to `--max-images` images, in order.
-    #[schema(min_items = 1)]
+    #[schema(min_items = 1, value_type = Vec<ImageBase64>)]
     pub images: Vec<String>,
 }
+
+/// One image, base64-encoded.
+// Describes the wire format in the OpenAPI document; the handler reads the strings as they come.
+#[derive(ToSchema)]
+#[schema(value_type = String, min_length = 1)]
+#[allow(dead_code)]
+pub struct ImageBase64(String);
 
 /// A 48×48 grey gradient as a PNG data URL: a valid image for the description's examples.
 pub const EXAMPLE_IMAGE: &str = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAADAAAAAwCAAAAAByaaZbAAAAHUlEQVR42mNkYCUNMI2CUTAKRsEoGAWjYBSMLAAAZrQS68AssD0AAAAASUVORK5CYII=";
@@ -109,7 +118,6 @@ pub struct ClassifyResponse {
     responses(
         (status = 200, description = "One prediction per image, in input order", body = ClassifyResponse),
         (status = 400, description = "Empty, corrupt or truncated image; malformed body", body = crate::http::error::ErrorBody),
-        (status = 401, description = "API keys are configured and none was given", body = crate::http::error::ErrorBody),
         (status = 404, description = "Unknown model or version", body = crate::http::error::ErrorBody),
         (status = 413, description = "Body over the size limit", body = crate::http::error::ErrorBody),
         (status = 415, description = "Unsupported content type or image format", body = crate::http::error::ErrorBody),

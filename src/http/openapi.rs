@@ -36,6 +36,7 @@ use utoipa::OpenApi;
         crate::http::kserve::types::ModelReadyResponse,
         crate::http::classify::ClassifyJson,
         crate::http::classify::ImageFile,
+        crate::http::classify::ImageBase64,
         crate::http::classify::ImageUpload,
         crate::http::classify::ClassifyResponse,
         crate::http::classify::ClassifyResult,
@@ -65,7 +66,7 @@ use utoipa::OpenApi;
         crate::http::kserve::types::OutputTensor,
         crate::http::kserve::types::V2ErrorBody,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &OpenRoutes),
     security(("api_key" = [])),
     tags(
         (name = "inference", description = "Classify faces"),
@@ -95,6 +96,54 @@ impl utoipa::Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Routes that answer without a key by default (`--auth-health` and `--auth-metrics` close them),
+/// so that orchestrators' probes and Prometheus need no secret.
+const OPEN_ROUTES: [&str; 5] = [
+    "/healthz",
+    "/readyz",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/metrics",
+];
+
+/// Marks the open routes as needing no key, and documents the 401 on every other route.
+struct OpenRoutes;
+
+impl utoipa::Modify for OpenRoutes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Ref, RefOr};
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let open = OPEN_ROUTES.contains(&path.as_str());
+            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+                if open {
+                    operation.security = Some(Vec::new());
+                } else {
+                    operation
+                        .responses
+                        .responses
+                        .entry("401".to_string())
+                        .or_insert_with(|| {
+                            utoipa::openapi::ResponseBuilder::new()
+                                .description(
+                                    "API keys are configured and none, or a wrong one, was given",
+                                )
+                                .content(
+                                    "application/json",
+                                    utoipa::openapi::ContentBuilder::new()
+                                        .schema(Some(RefOr::Ref(Ref::from_schema_name(
+                                            "ErrorBody",
+                                        ))))
+                                        .build(),
+                                )
+                                .build()
+                                .into()
+                        });
+                }
+            }
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use crate::http::classify::read_body;
 
 /// `POST /v2/repository/index` body (optional).
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct IndexRequest {
     /// Only list versions that are ready.
     #[serde(default)]
@@ -33,13 +34,21 @@ pub struct IndexEntry {
     pub reason: String,
 }
 
-/// `POST .../load` and `.../unload` body (optional): Triton's `parameters` are not supported.
+/// `POST .../load` and `.../unload` body (optional).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelControlRequest {
+    /// Triton's config overrides and files are not supported: empty or absent.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = empty_object)]
     pub parameters: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An object that must be empty (`maxProperties: 0`).
+fn empty_object() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .max_properties(Some(0))
+        .build()
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -49,11 +58,14 @@ pub struct ModelControlResponse {
     pub ready_versions: Vec<u64>,
 }
 
+/// The optional body: empty or `null` mean the defaults.
 fn parse_body<T: Default + for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice::<Option<T>>(body)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -77,7 +89,6 @@ async fn blocking<T: Send + 'static>(
     responses(
         (status = 200, description = "Every version in the repository", body = Vec<IndexEntry>),
         (status = 400, description = "Malformed body", body = crate::http::error::ErrorBody),
-        (status = 401, description = "API keys are configured and none was given", body = crate::http::error::ErrorBody),
     )
 )]
 pub async fn index(
@@ -109,12 +120,11 @@ pub async fn index(
     post,
     path = "/v2/repository/models/{model}/load",
     tag = "repository",
-    params(("model" = String, Path, description = "Model name")),
+    params(("model" = String, Path, description = "Model name", example = "fer2013")),
     request_body(content = Option<ModelControlRequest>, content_type = "application/json"),
     responses(
         (status = 200, description = "The model serves", body = ModelControlResponse),
         (status = 400, description = "No version of the model could be loaded; malformed body", body = crate::http::error::ErrorBody),
-        (status = 401, description = "API keys are configured and none was given", body = crate::http::error::ErrorBody),
         (status = 404, description = "No such model in the repository", body = crate::http::error::ErrorBody),
     )
 )]
@@ -141,12 +151,11 @@ pub async fn load(
     post,
     path = "/v2/repository/models/{model}/unload",
     tag = "repository",
-    params(("model" = String, Path, description = "Model name")),
+    params(("model" = String, Path, description = "Model name", example = "fer2013")),
     request_body(content = Option<ModelControlRequest>, content_type = "application/json"),
     responses(
         (status = 200, description = "The model no longer serves", body = ModelControlResponse),
         (status = 400, description = "Malformed body", body = crate::http::error::ErrorBody),
-        (status = 401, description = "API keys are configured and none was given", body = crate::http::error::ErrorBody),
         (status = 404, description = "No such model", body = crate::http::error::ErrorBody),
     )
 )]

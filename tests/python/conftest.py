@@ -1,6 +1,7 @@
 """The server under test and real faces, shared by the client tests. Run by `make test`
 (scripts/python-tests.sh); FER_SERVER_BIN names the binary."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -48,13 +49,13 @@ def server_bin():
     return os.environ.get("FER_SERVER_BIN", str(ROOT / "target/release/fer-server"))
 
 
-@pytest.fixture(scope="session")
-def addresses(server_bin):
-    """Starts fer-server on ephemeral ports; {"http": "host:port", "grpc": "host:port"}."""
-    binary = server_bin
+@contextlib.contextmanager
+def running_server(binary, *extra):
+    """Runs fer-server on ephemeral ports with `extra` flags; yields {"http": .., "grpc": ..}."""
     process = subprocess.Popen(
         [binary, "serve", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
-         "--log-format", "json", "--models-dir", str(ROOT / "models"), "--default-model", "ferplus"],
+         "--log-format", "json", "--models-dir", str(ROOT / "models"), "--default-model", "ferplus",
+         *extra],
         stderr=subprocess.PIPE, text=True)
     found = {}
     for line in process.stderr:
@@ -71,6 +72,15 @@ def addresses(server_bin):
     assert len(found) == 2, "the server did not start"
     threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
     time.sleep(0.2)
-    yield found
-    process.terminate()
-    assert process.wait(timeout=30) == 0
+    try:
+        yield found
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+
+
+@pytest.fixture(scope="session")
+def addresses(server_bin):
+    """Starts fer-server on ephemeral ports; {"http": "host:port", "grpc": "host:port"}."""
+    with running_server(server_bin) as found:
+        yield found

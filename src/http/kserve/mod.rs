@@ -148,8 +148,12 @@ fn resolve(state: &AppState, name: &str, version: Option<&str>) -> Result<Arc<Lo
     get,
     path = "/v2/models/{model}",
     tag = "kserve-v2",
-    params(("model" = String, Path)),
-    responses((status = 200, body = ModelMetadata), (status = 404, body = V2ErrorBody))
+    params(("model" = String, Path, example = "ferplus")),
+    responses(
+        (status = 200, body = ModelMetadata),
+        (status = 404, description = "Unknown model", body = V2ErrorBody),
+        (status = 503, description = "No version is ready", body = V2ErrorBody),
+    )
 )]
 pub async fn model_metadata(
     State(state): State<AppState>,
@@ -169,8 +173,13 @@ pub async fn model_metadata(
     get,
     path = "/v2/models/{model}/versions/{version}",
     tag = "kserve-v2",
-    params(("model" = String, Path), ("version" = String, Path)),
-    responses((status = 200, body = ModelMetadata), (status = 404, body = V2ErrorBody))
+    params(("model" = String, Path, example = "ferplus"), ("version" = u64, Path, description = "Version number")),
+    responses(
+        (status = 200, body = ModelMetadata),
+        (status = 400, description = "The version is not a number", body = V2ErrorBody),
+        (status = 404, description = "Unknown model or version", body = V2ErrorBody),
+        (status = 503, description = "The version is not ready", body = V2ErrorBody),
+    )
 )]
 pub async fn version_metadata(
     State(state): State<AppState>,
@@ -181,6 +190,7 @@ pub async fn version_metadata(
     Ok(Json(metadata(&model, vec![version])))
 }
 
+/// Ready: 200; known but not ready: the protocol's 400; unknown or malformed: as every route.
 fn readiness(state: &AppState, name: &str, version: Option<&str>) -> Response {
     match resolve(state, name, version) {
         Ok(_) => Json(ModelReadyResponse {
@@ -188,7 +198,8 @@ fn readiness(state: &AppState, name: &str, version: Option<&str>) -> Response {
             ready: true,
         })
         .into_response(),
-        Err(e) => not_ready(e.to_string()),
+        Err(e @ Error::ModelNotReady { .. }) => not_ready(e.to_string()),
+        Err(e) => V2Error(e).into_response(),
     }
 }
 
@@ -197,8 +208,12 @@ fn readiness(state: &AppState, name: &str, version: Option<&str>) -> Response {
     get,
     path = "/v2/models/{model}/ready",
     tag = "kserve-v2",
-    params(("model" = String, Path)),
-    responses((status = 200, description = "Ready", body = ModelReadyResponse), (status = 400, description = "Not ready or unknown", body = V2ErrorBody))
+    params(("model" = String, Path, example = "ferplus")),
+    responses(
+        (status = 200, description = "Ready", body = ModelReadyResponse),
+        (status = 400, description = "Not ready; a version that is not a number", body = V2ErrorBody),
+        (status = 404, description = "Unknown model or version", body = V2ErrorBody),
+    )
 )]
 pub async fn model_ready(
     State(state): State<AppState>,
@@ -212,8 +227,12 @@ pub async fn model_ready(
     get,
     path = "/v2/models/{model}/versions/{version}/ready",
     tag = "kserve-v2",
-    params(("model" = String, Path), ("version" = String, Path)),
-    responses((status = 200, description = "Ready", body = ModelReadyResponse), (status = 400, description = "Not ready or unknown", body = V2ErrorBody))
+    params(("model" = String, Path, example = "ferplus"), ("version" = u64, Path, description = "Version number")),
+    responses(
+        (status = 200, description = "Ready", body = ModelReadyResponse),
+        (status = 400, description = "Not ready; a version that is not a number", body = V2ErrorBody),
+        (status = 404, description = "Unknown model or version", body = V2ErrorBody),
+    )
 )]
 pub async fn version_ready(
     State(state): State<AppState>,
@@ -228,8 +247,12 @@ pub async fn version_ready(
     get,
     path = "/v2/models/{model}/config",
     tag = "kserve-v2",
-    params(("model" = String, Path)),
-    responses((status = 200, body = ModelConfig), (status = 404, body = V2ErrorBody))
+    params(("model" = String, Path, example = "ferplus")),
+    responses(
+        (status = 200, body = ModelConfig),
+        (status = 404, description = "Unknown model", body = V2ErrorBody),
+        (status = 503, description = "No version is ready", body = V2ErrorBody),
+    )
 )]
 pub async fn model_config(
     State(state): State<AppState>,
@@ -289,14 +312,17 @@ pub async fn model_config(
     post,
     path = "/v2/models/{model}/infer",
     tag = "kserve-v2",
-    params(("model" = String, Path)),
+    params(("model" = String, Path, example = "ferplus")),
     request_body(content = InferRequest, content_type = "application/json"),
     responses(
         (status = 200, body = types::InferResponse),
-        (status = 400, description = "Malformed request; wrong shape, datatype or size", body = V2ErrorBody),
-        (status = 404, body = V2ErrorBody),
-        (status = 429, body = V2ErrorBody),
-        (status = 503, body = V2ErrorBody),
+        (status = 400, description = "Malformed request; wrong shape, datatype or size; a version that is not a number", body = V2ErrorBody),
+        (status = 404, description = "Unknown model or version", body = V2ErrorBody),
+        (status = 413, description = "Body over the size limit", body = V2ErrorBody),
+        (status = 422, description = "More images than --max-images, or an image over the pixel limits", body = V2ErrorBody),
+        (status = 429, description = "Queue full or too many requests in progress; retry after the Retry-After header's seconds", body = V2ErrorBody),
+        (status = 503, description = "Model not ready, or the server is shutting down", body = V2ErrorBody),
+        (status = 504, description = "The request took longer than --request-timeout-ms", body = V2ErrorBody),
     )
 )]
 pub async fn model_infer(
@@ -313,14 +339,17 @@ pub async fn model_infer(
     post,
     path = "/v2/models/{model}/versions/{version}/infer",
     tag = "kserve-v2",
-    params(("model" = String, Path), ("version" = String, Path)),
+    params(("model" = String, Path, example = "ferplus"), ("version" = u64, Path, description = "Version number")),
     request_body(content = InferRequest, content_type = "application/json"),
     responses(
         (status = 200, body = types::InferResponse),
-        (status = 400, description = "Malformed request; wrong shape, datatype or size", body = V2ErrorBody),
-        (status = 404, body = V2ErrorBody),
-        (status = 429, body = V2ErrorBody),
-        (status = 503, body = V2ErrorBody),
+        (status = 400, description = "Malformed request; wrong shape, datatype or size; a version that is not a number", body = V2ErrorBody),
+        (status = 404, description = "Unknown model or version", body = V2ErrorBody),
+        (status = 413, description = "Body over the size limit", body = V2ErrorBody),
+        (status = 422, description = "More images than --max-images, or an image over the pixel limits", body = V2ErrorBody),
+        (status = 429, description = "Queue full or too many requests in progress; retry after the Retry-After header's seconds", body = V2ErrorBody),
+        (status = 503, description = "Model not ready, or the server is shutting down", body = V2ErrorBody),
+        (status = 504, description = "The request took longer than --request-timeout-ms", body = V2ErrorBody),
     )
 )]
 pub async fn version_infer(

@@ -49,12 +49,19 @@ pub struct ModelMetadata {
 
 /// `POST /v2/models/{m}/infer` body (the JSON part, with the binary extension).
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                "data": [crate::http::classify::EXAMPLE_IMAGE.trim_start_matches("data:image/png;base64,")]}],
+    "outputs": [{"name": "probabilities"}]
+}))]
 pub struct InferRequest {
     #[serde(default)]
     pub id: Option<String>,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub parameters: Map<String, Value>,
+    /// One input: the models take one tensor.
+    #[schema(min_items = 1, max_items = 1)]
     pub inputs: Vec<InferInput>,
     #[serde(default)]
     pub outputs: Option<Vec<RequestedOutput>>,
@@ -71,8 +78,16 @@ pub struct InferInput {
     pub parameters: Map<String, Value>,
     /// Row-major values, flat or nested (absent with `binary_data_size`).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = tensor_data)]
     pub data: Option<Value>,
+}
+
+/// An array of values of any type: numbers, base64 strings, or nested arrays of them.
+fn tensor_data() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType};
+    ArrayBuilder::new()
+        .items(ObjectBuilder::new().schema_type(SchemaType::AnyValue))
+        .build()
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -102,8 +117,9 @@ pub struct OutputTensor {
     #[serde(skip_serializing_if = "Map::is_empty")]
     #[schema(value_type = Object)]
     pub parameters: Map<String, Value>,
+    /// Row-major values, flat (absent when the data follows the JSON).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = tensor_data)]
     pub data: Option<Value>,
 }
 
