@@ -166,6 +166,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub admission: AdmissionArgs,
     #[command(flatten)]
+    pub connections: ConnectionArgs,
+    #[command(flatten)]
     pub access: AccessArgs,
     #[command(flatten)]
     pub detector: DetectorArgs,
@@ -300,6 +302,23 @@ pub struct AdmissionArgs {
     /// Inference requests in progress at once before 429; 0: no limit.
     #[arg(long, env = "FER_MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
     pub max_concurrent_requests: usize,
+}
+
+/// How long an HTTP client may hold a connection or a request without sending it.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// Time, in milliseconds, from a request's first byte to the end of its headers before the
+    /// connection is closed.
+    #[arg(long, env = "FER_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+    /// Time, in milliseconds, a connection may stay open with no request in progress (longer
+    /// than a load balancer's own idle timeout, so that it closes them first).
+    #[arg(long, env = "FER_IDLE_TIMEOUT_MS", default_value_t = 75_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_ms: u64,
+    /// Time, in milliseconds, a request's body may take to arrive before 408; inference
+    /// requests take an admission slot only once their body is in.
+    #[arg(long, env = "FER_BODY_READ_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_timeout_ms: u64,
 }
 
 /// Who may call what.

@@ -38,6 +38,8 @@ pub enum Error {
     Repository(String),
     #[error("the request took longer than the server's limit of {limit_ms} ms")]
     Timeout { limit_ms: u64 },
+    #[error("the request body did not arrive within {limit_ms} ms")]
+    BodyTimeout { limit_ms: u64 },
     #[error("{limit} requests are already in progress; retry after {retry_after_secs} s")]
     Overloaded { limit: usize, retry_after_secs: u64 },
     #[error("missing or invalid API key")]
@@ -79,6 +81,7 @@ impl Error {
             // Triton answers a failed load with 400.
             Error::ModelLoadFailed { .. } => 400,
             Error::Unauthorized => 401,
+            Error::BodyTimeout { .. } => 408,
             Error::Timeout { .. } => 504,
             Error::Inference(_) | Error::Repository(_) | Error::Internal => 500,
         }
@@ -120,6 +123,7 @@ impl Error {
             Error::ModelLoadFailed { .. } => "model_load_failed",
             Error::Repository(_) => "repository_error",
             Error::Timeout { .. } => "timeout",
+            Error::BodyTimeout { .. } => "body_timeout",
             Error::Overloaded { .. } => "overloaded",
             Error::Unauthorized => "unauthorized",
             Error::Internal => "internal_error",

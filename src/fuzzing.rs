@@ -45,6 +45,7 @@ pub fn decode_preprocess(data: &[u8]) {
 const LIMITS: Limits = Limits {
     body_limit: 1 << 20,
     max_images: 16,
+    body_read_timeout: std::time::Duration::from_secs(10),
 };
 const BOUNDARY: &str = "fuzz-boundary";
 

@@ -36,6 +36,7 @@ pub const FAILURE_REASONS: &[&str] = &[
     "model_load_failed",
     "repository_error",
     "timeout",
+    "body_timeout",
     "overloaded",
     "unauthorized",
     "internal_error",

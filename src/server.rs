@@ -26,6 +26,7 @@ pub struct Server {
     watch: WatchOptions,
     models_dir: std::path::PathBuf,
     drain_timeout: Duration,
+    connection_timeouts: http::connection::ConnectionTimeouts,
 }
 
 impl Server {
@@ -116,6 +117,7 @@ impl Server {
                 limits: Limits {
                     body_limit: args.body_limit,
                     max_images: args.max_images.max(1),
+                    body_read_timeout: Duration::from_millis(args.connections.body_read_timeout_ms),
                 },
                 shutting_down: Arc::new(AtomicBool::new(false)),
                 admission: Arc::new(Admission::new(
@@ -141,13 +143,18 @@ impl Server {
             },
             models_dir: options.models_dir,
             drain_timeout: Duration::from_millis(lifecycle.drain_timeout_ms),
+            connection_timeouts: http::connection::ConnectionTimeouts {
+                header_read: Duration::from_millis(args.connections.header_read_timeout_ms),
+                idle: Duration::from_millis(args.connections.idle_timeout_ms),
+            },
         })
     }
 
     /// Serves HTTP and gRPC until SIGINT/SIGTERM. Then readiness turns false (HTTP, KServe v2 and
     /// `grpc.health.v1`) and new inference requests get 503 / UNAVAILABLE while the listeners stay
-    /// open; once the admitted requests have finished (or the drain timeout passed) the listeners
-    /// close, open connections finish, and `run` returns.
+    /// open; once the admitted requests have finished the listeners close and open connections
+    /// finish their requests in progress. All of it within one `--drain-timeout-ms` of the
+    /// signal: whatever is still open then is dropped and `run` returns.
     pub async fn run(
         self,
         http_listener: tokio::net::TcpListener,
@@ -185,14 +192,17 @@ impl Server {
         tracing::info!(address = %grpc_listener.local_addr()?, "grpc listening");
         let drain_timeout = self.drain_timeout;
         let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
+        let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
         tokio::spawn(async move {
             shutdown_signal().await;
+            let deadline = tokio::time::Instant::now() + drain_timeout;
+            let _ = deadline_tx.send(deadline);
             state.shutting_down.store(true, Ordering::SeqCst);
             tracing::info!(
                 in_flight = state.admission.in_flight(),
                 "shutting down: new requests get 503, finishing those in flight"
             );
-            if tokio::time::timeout(drain_timeout, state.admission.drained())
+            if tokio::time::timeout_at(deadline, state.admission.drained())
                 .await
                 .is_err()
             {
@@ -206,25 +216,26 @@ impl Server {
         let drained = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|done| *done).await;
         };
-        let http = axum::serve(http_listener, app)
-            .with_graceful_shutdown(drained(drained_rx.clone()))
-            .into_future();
-        let grpc = grpc.serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+        let http = http::connection::serve(
+            http_listener,
+            app,
+            self.connection_timeouts,
             drained(drained_rx.clone()),
         );
-        // Connections left open after the drain (a client that never finishes its body, a stream
-        // that never ends) get the same bound again, then the process exits regardless.
+        let grpc = grpc.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            drained(drained_rx),
+        );
+        // Connections still busy at the deadline (a stream that never ends) are dropped with it.
         let deadline = async move {
-            drained(drained_rx).await;
-            tokio::time::sleep(drain_timeout).await;
+            match deadline_rx.await {
+                Ok(deadline) => tokio::time::sleep_until(deadline).await,
+                Err(_) => std::future::pending().await,
+            }
         };
         tokio::select! {
-            (http, grpc) = async { tokio::join!(http, grpc) } => {
-                http?;
-                grpc?;
-            }
-            _ = deadline => tracing::warn!("connections still open after the drain timeout; exiting"),
+            (_, grpc) = async { tokio::join!(http, grpc) } => grpc?,
+            _ = deadline => tracing::warn!("connections still open at the drain timeout; exiting"),
         }
         tracing::info!("stopped");
         Ok(())

@@ -14,6 +14,8 @@ use crate::metrics::Metrics;
 pub struct Limits {
     pub body_limit: usize,
     pub max_images: usize,
+    /// Longest a request body may take to arrive (408 after).
+    pub body_read_timeout: std::time::Duration,
 }
 
 impl Limits {

@@ -119,6 +119,7 @@ pub struct AnalyzeResponse {
         (status = 200, description = "The faces of each image, in input order", body = AnalyzeResponse),
         (status = 400, description = "Corrupt image, malformed body or query", body = crate::http::error::ErrorBody),
         (status = 404, description = "Unknown model or version", body = crate::http::error::ErrorBody),
+        (status = 408, description = "The body did not arrive within --body-read-timeout-ms", body = crate::http::error::ErrorBody),
         (status = 413, description = "Body over the size limit", body = crate::http::error::ErrorBody),
         (status = 415, description = "Unsupported content type or image format", body = crate::http::error::ErrorBody),
         (status = 422, description = "Image over the pixel limits, or too many images", body = crate::http::error::ErrorBody),

@@ -1,10 +1,11 @@
-//! Reading what is left of a request body before an early error answer.
+//! Reading what is left of a request body after an early error answer.
 //!
-//! A handler that refuses a request before reading its whole body (an overloaded server, the 65th
-//! of 10,000 multipart images, an unknown model) would otherwise answer while the client is still
-//! sending; HTTP/1.1 clients then see a broken pipe instead of the answer. So the body a handler
-//! drops unfinished is handed back here and discarded, up to the body limit and a time bound,
-//! before the error goes out. Bodies over the limit are not drained: their connection closes.
+//! A handler that refuses a request before reading its whole body (an overloaded server, a
+//! `Content-Length` over the limit, an unknown model) would otherwise close the connection while
+//! the client is still sending; HTTP/1.1 clients then see a reset instead of the answer. So the
+//! body a handler drops unfinished is handed back here and discarded in the background, up to
+//! four times the body limit and a time bound, while the answer goes out. A body that stalled
+//! past the body-read timeout is not waited for: its connection closes.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -94,11 +95,12 @@ pub async fn drain_unread_body(
     let response = next.run(Request::from_parts(parts, body)).await;
     let status = response.status();
     if (status.is_client_error() || status.is_server_error())
-        && status != StatusCode::PAYLOAD_TOO_LARGE
+        && status != StatusCode::REQUEST_TIMEOUT
     {
         let rest = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(rest) = rest {
-            let _ = tokio::time::timeout(DRAIN_TIME, discard(rest, state.limits.body_limit)).await;
+            let limit = state.limits.body_limit.saturating_mul(4);
+            tokio::spawn(tokio::time::timeout(DRAIN_TIME, discard(rest, limit)));
         }
     }
     response

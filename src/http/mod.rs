@@ -4,6 +4,7 @@ pub mod admission;
 pub mod analyze;
 pub mod auth;
 pub mod classify;
+pub mod connection;
 pub mod drain;
 pub mod error;
 pub mod health;

@@ -1,0 +1,385 @@
+//! The HTTP listener's connections: accepted, served (HTTP/1.1 and HTTP/2 cleartext), and closed
+//! when a client holds one without using it.
+//!
+//! `axum::serve` has neither a header-read nor an idle timeout: a client trickling its headers a
+//! byte a second, or a thousand keep-alive connections left open, stay forever. Here each
+//! connection has a watcher that closes it when
+//! - it has started sending a request but has not finished its headers within
+//!   `header_read_timeout` (counted from the request's first byte), or
+//! - no request has been in progress for `idle_timeout` (keep-alive connections kept longer than
+//!   a load balancer's own idle timeout, so that the balancer, not the server, closes them).
+//!
+//! A request in progress (its handler running or its response being written) is never cut here:
+//! slow bodies are bounded by the body-read timeout, work by the request timeout. On shutdown
+//! every connection is asked to finish its request in progress and close; [`serve`] returns when
+//! none is left.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+/// How long a connection may go without a request.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionTimeouts {
+    /// From a request's first byte to the end of its headers.
+    pub header_read: Duration,
+    /// With no request in progress.
+    pub idle: Duration,
+}
+
+/// What one connection is doing, for its watcher.
+struct Activity {
+    state: Mutex<ActivityState>,
+    changed: Notify,
+}
+
+struct ActivityState {
+    /// Requests whose response has not been written yet.
+    in_progress: usize,
+    /// When the last request ended (or the connection opened).
+    idle_since: Instant,
+    /// When bytes of the next request's head began to arrive.
+    head_since: Option<Instant>,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(ActivityState {
+                in_progress: 0,
+                idle_since: Instant::now(),
+                head_since: None,
+            }),
+            changed: Notify::new(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes arrived from the client.
+    fn read(&self) {
+        let mut state = self.state();
+        if state.in_progress == 0 && state.head_since.is_none() {
+            state.head_since = Some(Instant::now());
+            drop(state);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A request's headers were read; it is in progress until the returned guard drops (with
+    /// the response body, once written).
+    fn begin(self: &Arc<Self>) -> InProgress {
+        let mut state = self.state();
+        state.in_progress += 1;
+        state.head_since = None;
+        drop(state);
+        self.changed.notify_one();
+        InProgress(Arc::clone(self))
+    }
+
+    /// When the connection is to be closed if nothing changes; `None` while a request runs.
+    fn deadline(&self, timeouts: ConnectionTimeouts) -> Option<Instant> {
+        let state = self.state();
+        if state.in_progress > 0 {
+            return None;
+        }
+        Some(match state.head_since {
+            Some(since) => since + timeouts.header_read,
+            None => state.idle_since + timeouts.idle,
+        })
+    }
+
+    /// Resolves once the connection has outlived its deadline.
+    async fn expired(&self, timeouts: ConnectionTimeouts) {
+        loop {
+            let changed = self.changed.notified();
+            match self.deadline(timeouts) {
+                Some(deadline) if deadline <= Instant::now() => return,
+                Some(deadline) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => {}
+                        _ = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+}
+
+/// One request in progress on a connection.
+struct InProgress(Arc<Activity>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.in_progress -= 1;
+        if state.in_progress == 0 {
+            state.idle_since = Instant::now();
+        }
+        drop(state);
+        self.0.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it is written (dropped).
+struct Tracked {
+    inner: Body,
+    _in_progress: InProgress,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The socket, telling its connection's [`Activity`] when bytes arrive.
+struct Watched {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.read();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets each
+/// connection finish its request in progress, and returns once every connection has closed.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    timeouts: ConnectionTimeouts,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Each connection holds a sender; `recv` answers `None` once all of them have closed.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(
+            stream,
+            app.clone(),
+            timeouts,
+            stop_rx.clone(),
+            open_tx.clone(),
+        ));
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(open_tx);
+    let _ = open_rx.recv().await;
+}
+
+async fn connection(
+    stream: TcpStream,
+    app: Router,
+    timeouts: ConnectionTimeouts,
+    mut stop: watch::Receiver<bool>,
+    _open: mpsc::Sender<()>,
+) {
+    let activity = Activity::new();
+    let io = TokioIo::new(Watched {
+        stream,
+        activity: Arc::clone(&activity),
+    });
+    let service = {
+        let activity = Arc::clone(&activity);
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let in_progress = activity.begin();
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request.map(Body::new)).await?;
+                Ok::<_, std::convert::Infallible>(response.map(|inner| {
+                    Body::new(Tracked {
+                        inner,
+                        _in_progress: in_progress,
+                    })
+                }))
+            }
+        })
+    };
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut stopping = *stop.borrow();
+    if stopping {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                return;
+            }
+            _ = activity.expired(timeouts) => {
+                tracing::debug!("closing a connection that sent no complete request in time");
+                return;
+            }
+            changed = stop.changed(), if !stopping => {
+                stopping = changed.is_err() || *stop.borrow();
+                if stopping {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUTS: ConnectionTimeouts = ConnectionTimeouts {
+        header_read: Duration::from_secs(2),
+        idle: Duration::from_secs(10),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_follow_what_the_connection_does() {
+        let activity = Activity::new();
+        let opened = Instant::now();
+        assert_eq!(activity.deadline(TIMEOUTS), Some(opened + TIMEOUTS.idle));
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        activity.read();
+        let head = Instant::now();
+        assert_eq!(
+            activity.deadline(TIMEOUTS),
+            Some(head + TIMEOUTS.header_read)
+        );
+
+        let request = activity.begin();
+        assert_eq!(
+            activity.deadline(TIMEOUTS),
+            None,
+            "a request in progress is never cut"
+        );
+        activity.read();
+        assert_eq!(
+            activity.deadline(TIMEOUTS),
+            None,
+            "body bytes are not a new head"
+        );
+
+        tokio::time::advance(Duration::from_secs(60)).await;
+        drop(request);
+        let ended = Instant::now();
+        assert_eq!(activity.deadline(TIMEOUTS), Some(ended + TIMEOUTS.idle));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_head_expires_after_the_header_timeout() {
+        let activity = Activity::new();
+        activity.read();
+        let started = Instant::now();
+        activity.expired(TIMEOUTS).await;
+        assert_eq!(Instant::now() - started, TIMEOUTS.header_read);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_started_before_the_deadline_holds_the_connection() {
+        let activity = Activity::new();
+        let watcher = {
+            let activity = Arc::clone(&activity);
+            tokio::spawn(async move { activity.expired(TIMEOUTS).await })
+        };
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let request = activity.begin();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        tokio::task::yield_now().await;
+        assert!(!watcher.is_finished());
+        drop(request);
+        let ended = Instant::now();
+        watcher.await.unwrap();
+        assert_eq!(Instant::now() - ended, TIMEOUTS.idle);
+    }
+}
