@@ -41,6 +41,33 @@ async fn a_manifest_that_does_not_match_its_graph_is_refused_by_name() {
         "names the file: {error}"
     );
     assert!(error.contains("7 labels"), "says what differs: {error}");
+    // Clients are told the model and version, not where the repository lives on the server.
+    let root = dir.path().display().to_string();
+    assert!(!error.contains(&root), "no server path: {error}");
+    let index = reqwest::Client::new()
+        .post(server.url("/v2/repository/index"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(index.contains("broken/3/model.onnx"), "{index}");
+    assert!(!index.contains(&root), "no server path: {index}");
+    let load = reqwest::Client::new()
+        .post(server.url("/v2/repository/models/broken/load"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(load.contains("broken/3/model.onnx"), "{load}");
+    assert!(!load.contains(&root), "no server path: {load}");
+    assert!(
+        server.logged(&root),
+        "the log keeps the folder for the operator"
+    );
 
     let face = &ferplus_faces(9, 1)[0];
     let r = reqwest::Client::new()
@@ -53,6 +80,8 @@ async fn a_manifest_that_does_not_match_its_graph_is_refused_by_name() {
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "model_not_ready");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(!message.contains(&root), "no server path: {message}");
     let metrics = reqwest::get(server.url("/metrics"))
         .await
         .unwrap()

@@ -48,8 +48,64 @@ impl Drop for Retirement {
     }
 }
 
+/// Why a version could not be loaded. Clients see it (503s, `/v1/models`, the repository API), so
+/// it names the version's files relative to the repository (`ferplus/2/model.onnx`), never where
+/// the repository lives on the server; the log records the folder beside it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{file}: {cause}")]
+    Manifest { file: String, cause: String },
+    #[error("{file} declares {declared} version {declared_version}, not {name} version {version}")]
+    Misplaced {
+        file: String,
+        declared: String,
+        declared_version: u64,
+        name: String,
+        version: u64,
+    },
+    #[error("{file}: {cause}")]
+    Session { file: String, cause: String },
+    #[error("{file}: warm-up: {cause}")]
+    WarmUp { file: String, cause: String },
+    #[error("starting inference workers: {cause}")]
+    Workers { cause: String },
+}
+
 /// Why a version could not be loaded, with its manifest when that much could be read.
-pub type LoadFailure = (Option<Box<Manifest>>, String);
+pub type LoadFailure = (Option<Box<Manifest>>, LoadError);
+
+/// Writes a lower layer's message with the version's folder as `<name>/<version>`.
+struct Relative {
+    folders: Vec<String>,
+    shown: String,
+}
+
+impl Relative {
+    fn new(dir: &Path, name: &str, version: u64) -> Self {
+        let mut folders = vec![dir.display().to_string()];
+        if let Ok(canonical) = dir.canonicalize() {
+            folders.push(canonical.display().to_string());
+        }
+        // The longest first, so that an absolute path is not left half-replaced.
+        folders.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        Self {
+            folders,
+            shown: format!("{name}/{version}"),
+        }
+    }
+
+    fn file(&self, file: &str) -> String {
+        format!("{}/{file}", self.shown)
+    }
+
+    fn cause(&self, cause: impl std::fmt::Display) -> String {
+        let mut text = cause.to_string();
+        for folder in &self.folders {
+            text = text.replace(folder.as_str(), &self.shown);
+        }
+        text
+    }
+}
 
 pub fn load_version(
     name: &str,
@@ -59,26 +115,38 @@ pub fn load_version(
     environment: &ort::environment::Environment,
     metrics: &Metrics,
 ) -> Result<LoadedModel, LoadFailure> {
+    let relative = Relative::new(dir, name, version);
     let manifest_path = dir.join(MANIFEST_FILE);
-    let manifest = Manifest::load(&manifest_path).map_err(|e| (None, e.to_string()))?;
-    let fail = |message: String| (Some(Box::new(manifest.clone())), message);
+    let manifest = Manifest::load(&manifest_path).map_err(|e| {
+        let error = LoadError::Manifest {
+            file: relative.file(MANIFEST_FILE),
+            cause: relative.cause(e),
+        };
+        (None, error)
+    })?;
+    let fail = |error: LoadError| (Some(Box::new(manifest.clone())), error);
     if manifest.name != name || manifest.version != version {
-        return Err(fail(format!(
-            "{}: declares {} version {} but lives in {}/{}",
-            manifest_path.display(),
-            manifest.name,
-            manifest.version,
-            name,
-            version
-        )));
+        return Err(fail(LoadError::Misplaced {
+            file: relative.file(MANIFEST_FILE),
+            declared: manifest.name.clone(),
+            declared_version: manifest.version,
+            name: name.to_string(),
+            version,
+        }));
     }
     let model_path = dir.join(MODEL_FILE);
     let mut sessions = Vec::new();
     let mut fixed_batch = None;
     for _ in 0..options.workers.max(1) {
         let (session, shape) =
-            OnnxSession::load(environment, &model_path, &manifest, &options.session)
-                .map_err(|e| fail(e.to_string()))?;
+            OnnxSession::load(environment, &model_path, &manifest, &options.session).map_err(
+                |e| {
+                    fail(LoadError::Session {
+                        file: relative.file(MODEL_FILE),
+                        cause: relative.cause(e),
+                    })
+                },
+            )?;
         fixed_batch = shape.fixed_batch;
         sessions.push(session);
     }
@@ -87,8 +155,12 @@ pub fn load_version(
         .map_or(ExecutionProvider::Cpu, OnnxSession::provider);
     let max_batch_size = fixed_batch.unwrap_or(options.max_batch_size).max(1);
     let preprocessor = Preprocessor::new(&manifest, options.decode_limits);
-    warm_up(&mut sessions, &preprocessor, max_batch_size, fixed_batch)
-        .map_err(|e| fail(format!("{}: warm-up: {e}", model_path.display())))?;
+    warm_up(&mut sessions, &preprocessor, max_batch_size, fixed_batch).map_err(|e| {
+        fail(LoadError::WarmUp {
+            file: relative.file(MODEL_FILE),
+            cause: relative.cause(e),
+        })
+    })?;
     metrics.register_model(name, &manifest.labels);
     metrics.set_execution_provider(name, execution_provider);
     let batch_metrics = BatchMetrics {
@@ -114,7 +186,11 @@ pub fn load_version(
         policy,
         batch_metrics,
     )
-    .map_err(|e| fail(format!("starting inference workers: {e}")))?;
+    .map_err(|e| {
+        fail(LoadError::Workers {
+            cause: relative.cause(e),
+        })
+    })?;
     Ok(LoadedModel {
         _retirement: Retirement {
             name: name.to_string(),

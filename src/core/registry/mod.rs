@@ -103,6 +103,16 @@ pub enum RegistryError {
     Io { path: String, cause: std::io::Error },
 }
 
+impl RegistryError {
+    /// The error for a client: logged here with the repository's path, answered without it.
+    fn into_public(self) -> Error {
+        tracing::error!(error = %self, "the model repository cannot be read");
+        match self {
+            RegistryError::Io { cause, .. } => Error::Repository(cause.to_string()),
+        }
+    }
+}
+
 pub struct ModelRegistry {
     snapshot: ArcSwap<Snapshot>,
     /// Serialises changes (loads run under it).
@@ -233,7 +243,7 @@ impl ModelRegistry {
         // Asked for explicitly: the caller vouches that the files are complete.
         let on_disk = self
             .scan_settled_after(Duration::ZERO)
-            .map_err(|e| Error::Repository(e.to_string()))?;
+            .map_err(RegistryError::into_public)?;
         let disk = on_disk
             .get(name)
             .ok_or_else(|| Error::ModelNotFound(name.to_string()))?;
@@ -267,7 +277,7 @@ impl ModelRegistry {
     pub fn unload_model(&self, name: &str) -> Result<(), Error> {
         let _changing = lock(&self.changes);
         let known = self.snapshot.load().contains_key(name);
-        let on_disk = self.scan().map_err(|e| Error::Repository(e.to_string()))?;
+        let on_disk = self.scan().map_err(RegistryError::into_public)?;
         if !known && !on_disk.contains_key(name) {
             return Err(Error::ModelNotFound(name.to_string()));
         }
@@ -279,7 +289,7 @@ impl ModelRegistry {
 
     /// Every version on disk with whether it serves; Triton's `POST /v2/repository/index`.
     pub fn index(&self) -> Result<Vec<IndexEntry>, Error> {
-        let on_disk = self.scan().map_err(|e| Error::Repository(e.to_string()))?;
+        let on_disk = self.scan().map_err(RegistryError::into_public)?;
         let snapshot = self.snapshot.load();
         let unloaded = lock(&self.unloaded).clone();
         let mut entries = Vec::new();
@@ -422,7 +432,9 @@ impl ModelRegistry {
             }
             Err((manifest, error)) => match existing.and_then(|e| e.ready()) {
                 Some(serving) => {
-                    tracing::error!(model = %name, version, %error, "changed version failed to load; the copy already loaded keeps serving");
+                    let dir = on_disk.dir.display();
+                    let error = error.to_string();
+                    tracing::error!(model = %name, version, %dir, %error, "changed version failed to load; the copy already loaded keeps serving");
                     VersionEntry {
                         state: VersionState::Ready(Arc::clone(serving)),
                         reload_error: Some(error),
@@ -430,7 +442,9 @@ impl ModelRegistry {
                     }
                 }
                 None => {
-                    tracing::error!(model = %name, version, %error, "model version failed to load");
+                    let dir = on_disk.dir.display();
+                    let error = error.to_string();
+                    tracing::error!(model = %name, version, %dir, %error, "model version failed to load");
                     VersionEntry {
                         state: VersionState::Failed { manifest, error },
                         reload_error: None,
