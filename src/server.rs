@@ -174,6 +174,9 @@ impl Server {
         let grpc = tonic::transport::Server::builder()
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(16 << 20))
+            .layer(crate::grpc::guard::Guard {
+                state: self.state.clone(),
+            })
             .add_service(health_service)
             .add_service(
                 GrpcInferenceServiceServer::new(InferenceService {

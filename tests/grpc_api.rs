@@ -33,7 +33,7 @@ async fn stream_frames_answers_every_frame_in_order_batched_across_the_stream() 
                 faces[i as usize % faces.len()].png.clone()
             },
             model: String::new(),
-            top_k: 3,
+            top_k: Some(3),
             detect: false,
         })
         .collect();
@@ -96,7 +96,7 @@ async fn classify_and_model_infer_over_grpc_with_status_codes() {
         model: model.into(),
         version: 0,
         images,
-        top_k: 0,
+        top_k: None,
     };
     let response = client
         .classify(request(faces.iter().map(|f| f.png.clone()).collect(), ""))
@@ -215,7 +215,7 @@ async fn client_labels(client: &mut FerClient<tonic::transport::Channel>, png: &
             model: String::new(),
             version: 0,
             images: vec![png.to_vec()],
-            top_k: 1,
+            top_k: Some(1),
         })
         .await
         .unwrap()
@@ -223,4 +223,78 @@ async fn client_labels(client: &mut FerClient<tonic::transport::Channel>, png: &
         .results[0]
         .label
         .clone()
+}
+
+/// The same rules as HTTP: a key on everything but health (checked before the message is read),
+/// RESOURCE_EXHAUSTED for a message over the body limit (HTTP's 413), INVALID_ARGUMENT for a
+/// top_k of 0 (HTTP's 400).
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_size_limits_and_top_k_mean_what_they_mean_over_http() {
+    use tonic::Code;
+    use tonic::metadata::MetadataValue;
+    let server = Server::start(&["--api-key", "sesame", "--body-limit", "1000000"]);
+    let face = ferplus_faces(9, 1).remove(0).png;
+    let keyed = |mut request: tonic::Request<fer::ClassifyRequest>| {
+        request
+            .metadata_mut()
+            .insert("authorization", MetadataValue::from_static("Bearer sesame"));
+        request
+    };
+    let classify = |images: Vec<Vec<u8>>, top_k: Option<u32>| fer::ClassifyRequest {
+        model: String::new(),
+        version: 0,
+        images,
+        top_k,
+    };
+    let mut client = FerClient::connect(server.grpc.clone())
+        .await
+        .unwrap()
+        .max_encoding_message_size(64 << 20);
+    let mut kserve_client = GrpcInferenceServiceClient::connect(server.grpc.clone())
+        .await
+        .unwrap();
+
+    // Health is open; metadata, like HTTP's GET /v2, needs the key.
+    assert!(
+        kserve_client
+            .server_live(kserve::ServerLiveRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .live
+    );
+    let metadata = kserve_client
+        .server_metadata(kserve::ServerMetadataRequest {})
+        .await;
+    assert_eq!(metadata.unwrap_err().code(), Code::Unauthenticated);
+
+    // A message over the limit from a client without a key is refused as unauthenticated: its
+    // header is enough, the message is not read.
+    let huge = vec![vec![0u8; 4_000_000]];
+    let status = client
+        .classify(classify(huge.clone(), None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    // With the key, the same message is over the limit: RESOURCE_EXHAUSTED, as the 413 over HTTP.
+    let status = client
+        .classify(keyed(tonic::Request::new(classify(huge, None))))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    let status = client
+        .classify(keyed(tonic::Request::new(classify(
+            vec![face.clone()],
+            Some(0),
+        ))))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let answer = client
+        .classify(keyed(tonic::Request::new(classify(vec![face], Some(2)))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.results[0].scores.len(), 2);
 }

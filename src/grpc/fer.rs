@@ -10,11 +10,11 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::inference::STREAM_IN_FLIGHT;
+use super::observe;
 use super::proto::fer::v1 as pb;
 use super::proto::fer::v1::fer_server::Fer;
-use super::{check_key, observe};
 use crate::core::analyze;
-use crate::core::classify::{self, Prediction};
+use crate::core::classify::{self, Prediction, check_top_k};
 use crate::error::Error;
 use crate::state::AppState;
 
@@ -32,10 +32,6 @@ fn prediction(p: Prediction) -> pb::Prediction {
             .map(|(label, probability)| pb::Score { label, probability })
             .collect(),
     }
-}
-
-fn top_k(k: u32) -> Option<usize> {
-    (k > 0).then_some(k as usize)
 }
 
 /// Classifies encoded images with the named (or default) model; `(name, version, predictions)`.
@@ -114,15 +110,14 @@ async fn analyze_frame(
 async fn frame_result(state: AppState, frame: pb::Frame) -> pb::FrameResult {
     let started = Instant::now();
     let image = Bytes::from(frame.image);
-    let top = top_k(frame.top_k);
-    let result = if frame.detect {
-        analyze_frame(&state, &frame.model, image, top)
+    let result = match check_top_k(frame.top_k) {
+        Err(e) => Err(e),
+        Ok(top) if frame.detect => analyze_frame(&state, &frame.model, image, top)
             .await
-            .map(|(model, version, faces)| (model, version, None, faces))
-    } else {
-        classify_images(&state, &frame.model, 0, vec![image], top)
+            .map(|(model, version, faces)| (model, version, None, faces)),
+        Ok(top) => classify_images(&state, &frame.model, 0, vec![image], top)
             .await
-            .map(|(model, version, mut p)| (model, version, p.pop().map(prediction), Vec::new()))
+            .map(|(model, version, mut p)| (model, version, p.pop().map(prediction), Vec::new())),
     };
     let mut out = pb::FrameResult {
         index: frame.index,
@@ -150,12 +145,10 @@ impl Fer for FerService {
         request: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
         let started = Instant::now();
-        let result = match check_key(&self.state, &request) {
-            Ok(()) => {
-                let r = request.into_inner();
-                let images = r.images.into_iter().map(Bytes::from).collect();
-                classify_images(&self.state, &r.model, r.version, images, top_k(r.top_k)).await
-            }
+        let r = request.into_inner();
+        let images = r.images.into_iter().map(Bytes::from).collect();
+        let result = match check_top_k(r.top_k) {
+            Ok(top) => classify_images(&self.state, &r.model, r.version, images, top).await,
             Err(e) => Err(e),
         };
         let (model, version, predictions) = observe(&self.state, "Classify", started, result)?;
@@ -172,12 +165,6 @@ impl Fer for FerService {
         &self,
         request: Request<Streaming<pb::Frame>>,
     ) -> Result<Response<Self::StreamFramesStream>, Status> {
-        observe(
-            &self.state,
-            "StreamFrames",
-            Instant::now(),
-            check_key(&self.state, &request),
-        )?;
         let state = self.state.clone();
         let results = request
             .into_inner()

@@ -12,9 +12,9 @@ use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::observe;
 use super::proto::inference as pb;
 use super::proto::inference::grpc_inference_service_server::GrpcInferenceService;
-use super::{check_key, observe};
 use crate::error::Error;
 use crate::http::kserve::binary::encode_elements;
 use crate::http::kserve::infer::{IMAGE_INPUT, PROBABILITIES_OUTPUT, infer};
@@ -177,11 +177,9 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let started = Instant::now();
-        let result = check_key(&self.state, &request).and_then(|()| {
-            let r = request.into_inner();
-            let version = parse_version(&r.version)?;
-            Ok(self.state.registry.resolve(&r.name, version).is_ok())
-        });
+        let r = request.into_inner();
+        let result = parse_version(&r.version)
+            .map(|version| self.state.registry.resolve(&r.name, version).is_ok());
         let ready = observe(&self.state, "ModelReady", started, result)?;
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
@@ -204,8 +202,8 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let started = Instant::now();
-        let result = check_key(&self.state, &request).and_then(|()| {
-            let r = request.into_inner();
+        let r = request.into_inner();
+        let result = (|| {
             let model = self
                 .state
                 .registry
@@ -241,7 +239,7 @@ impl GrpcInferenceService for InferenceService {
                     tensor(PROBABILITIES_OUTPUT, "FP32", vec![-1, classes]),
                 ],
             })
-        });
+        })();
         Ok(Response::new(observe(
             &self.state,
             "ModelMetadata",
@@ -255,10 +253,7 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let started = Instant::now();
-        let result = match check_key(&self.state, &request) {
-            Ok(()) => model_infer(&self.state, request.into_inner()).await,
-            Err(e) => Err(e),
-        };
+        let result = model_infer(&self.state, request.into_inner()).await;
         Ok(Response::new(observe(
             &self.state,
             "ModelInfer",
@@ -273,12 +268,6 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        observe(
-            &self.state,
-            "ModelStreamInfer",
-            Instant::now(),
-            check_key(&self.state, &request),
-        )?;
         let state = self.state.clone();
         // Requests are answered in order, several in flight at once (so the batcher can batch them).
         let responses = request

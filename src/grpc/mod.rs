@@ -4,6 +4,7 @@
 //! [`Error::grpc_code`].
 
 pub mod fer;
+pub mod guard;
 pub mod inference;
 
 use std::time::Instant;
@@ -52,20 +53,4 @@ pub fn observe<T>(
         state.metrics.fail(e.code());
         status(e)
     })
-}
-
-/// API keys on gRPC calls: the `authorization: Bearer <key>` metadata, when keys are configured.
-pub fn check_key<T>(state: &AppState, request: &tonic::Request<T>) -> Result<(), Error> {
-    let Some(keys) = state.api_keys.as_deref() else {
-        return Ok(());
-    };
-    let token = request
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::auth::bearer_token);
-    match token {
-        Some(token) if keys.verify(token) => Ok(()),
-        _ => Err(Error::Unauthorized),
-    }
 }

@@ -261,7 +261,7 @@ async fn remote(
         timestamp,
         image,
         model: model.clone(),
-        top_k: 0,
+        top_k: None,
         detect,
     });
     let inbound = client
