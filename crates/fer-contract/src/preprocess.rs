@@ -274,6 +274,15 @@ fn decode_jpeg_luma(bytes: &[u8], limits: &DecodeLimits) -> Result<Pixels, Image
         .ok_or_else(|| ImageError::Corrupt("JPEG header without dimensions".into()))?;
     let (width, height) = (width as u32, height as u32);
     limits.check(width, height)?;
+    // zune-jpeg has no CMYK → luma path: such JPEGs (print workflows) go through RGB, as they
+    // do for the detector.
+    if matches!(
+        decoder.input_colorspace(),
+        Some(ColorSpace::CMYK | ColorSpace::YCCK)
+    ) {
+        let image = decode_with_image(bytes, ImageFormat::Jpeg, limits)?;
+        return Ok(convert(image, Channels::Gray));
+    }
     let orientation = decoder
         .exif()
         .and_then(|exif| Orientation::from_exif_chunk(exif));
@@ -627,4 +636,17 @@ mod tests {
             "{err:?}"
         );
     }
+
+    #[test]
+    fn a_cmyk_jpeg_decodes_to_the_gray_of_its_rgb() {
+        // Saved by Pillow in CMYK: zune-jpeg's luma path refuses such files.
+        let bytes = include_bytes!("../testdata/cmyk-16x16.jpg");
+        let limits = DecodeLimits::default();
+        let gray = decode_pixels(bytes, Channels::Gray, &limits).unwrap();
+        let rgb = decode_pixels(bytes, Channels::Rgb, &limits).unwrap();
+        assert_eq!((gray.width, gray.height), (16, 16));
+        assert_eq!(gray.data, rgb.to_channels(Channels::Gray).data);
+        assert!(gray.data.iter().any(|&v| v != gray.data[0]), "not a flat image");
+    }
+
 }
