@@ -200,7 +200,40 @@ mod tests {
             Error::RouteNotFound("/x".into()),
             Error::InvalidTensor("x".into()),
             Error::MethodNotAllowed,
+            Error::BodyTimeout { limit_ms: 1 },
+            Error::DetectorNotConfigured,
+            Error::VersionNotFound {
+                model: "x".into(),
+                version: 2,
+            },
         ];
+        for e in &errors {
+            // No wildcard: a new variant does not compile until it is listed here and above.
+            match e {
+                Error::ModelNotFound(_)
+                | Error::VersionNotFound { .. }
+                | Error::ModelNotReady { .. }
+                | Error::InvalidImage { .. }
+                | Error::BadRequest(_)
+                | Error::UnsupportedMediaType(_)
+                | Error::PayloadTooLarge { .. }
+                | Error::TooManyImages { .. }
+                | Error::QueueFull { .. }
+                | Error::Inference(_)
+                | Error::ShuttingDown
+                | Error::ModelLoadFailed { .. }
+                | Error::Repository(_)
+                | Error::Timeout { .. }
+                | Error::BodyTimeout { .. }
+                | Error::Overloaded { .. }
+                | Error::Unauthorized
+                | Error::Internal
+                | Error::DetectorNotConfigured
+                | Error::InvalidTensor(_)
+                | Error::RouteNotFound(_)
+                | Error::MethodNotAllowed => {}
+            }
+        }
         for e in errors {
             assert!(FAILURE_REASONS.contains(&e.code()), "{}", e.code());
             assert!((400..600).contains(&e.status()));

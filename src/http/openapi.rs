@@ -157,6 +157,24 @@ pub fn spec_json() -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn the_metrics_pre_register_every_described_route() {
+        use std::collections::BTreeSet;
+        use utoipa::OpenApi;
+        let spec = super::ApiDoc::openapi();
+        let mut described = BTreeSet::new();
+        for (path, item) in &spec.paths.paths {
+            if item.get.is_some() {
+                described.insert(("GET", path.as_str()));
+            }
+            if item.post.is_some() {
+                described.insert(("POST", path.as_str()));
+            }
+        }
+        let registered: BTreeSet<_> = crate::metrics::ROUTES.iter().copied().collect();
+        assert_eq!(registered, described);
+    }
+
+    #[test]
     fn committed_spec_matches_the_code() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
         let committed = std::fs::read_to_string(path).unwrap_or_default();
