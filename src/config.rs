@@ -138,16 +138,16 @@ pub struct ServeArgs {
     #[arg(long, env = "FER_GRPC_LISTEN", default_value = "127.0.0.1:8081")]
     pub grpc_listen: SocketAddr,
     /// Most images in one inference batch.
-    #[arg(long, env = "FER_MAX_BATCH_SIZE", default_value_t = 32)]
+    #[arg(long, env = "FER_MAX_BATCH_SIZE", default_value_t = 32, value_parser = at_least_one)]
     pub max_batch_size: usize,
     /// Longest wait, in milliseconds, for a batch to fill (0: take what is queued).
     #[arg(long, env = "FER_MAX_QUEUE_DELAY_MS", default_value_t = 0)]
     pub max_queue_delay_ms: u64,
     /// Images that may wait per model before requests get 429.
-    #[arg(long, env = "FER_QUEUE_CAPACITY", default_value_t = 1024)]
+    #[arg(long, env = "FER_QUEUE_CAPACITY", default_value_t = 1024, value_parser = at_least_one)]
     pub queue_capacity: usize,
     /// Inference workers (ONNX Runtime sessions on their own threads) per model version.
-    #[arg(long, env = "FER_WORKERS", default_value_t = 1)]
+    #[arg(long, env = "FER_WORKERS", default_value_t = 1, value_parser = at_least_one)]
     pub workers: usize,
     /// Threads decoding images (0: one per core).
     #[arg(long, env = "FER_DECODE_THREADS", default_value_t = 0)]
@@ -156,7 +156,7 @@ pub struct ServeArgs {
     #[arg(long, env = "FER_BODY_LIMIT", default_value_t = 16 * 1024 * 1024)]
     pub body_limit: usize,
     /// Most images in one request.
-    #[arg(long, env = "FER_MAX_IMAGES", default_value_t = 64)]
+    #[arg(long, env = "FER_MAX_IMAGES", default_value_t = 64, value_parser = at_least_one)]
     pub max_images: usize,
     /// Log format.
     #[arg(long, env = "FER_LOG_FORMAT", value_enum, default_value = "text")]
@@ -202,7 +202,7 @@ pub struct DetectorArgs {
     #[arg(long, env = "FER_ALIGN_FACES", default_value_t = true, action = clap::ArgAction::Set)]
     pub align_faces: bool,
     /// Detector sessions (requests detecting at once).
-    #[arg(long, env = "FER_DETECTOR_SESSIONS", default_value_t = 1)]
+    #[arg(long, env = "FER_DETECTOR_SESSIONS", default_value_t = 1, value_parser = at_least_one)]
     pub detector_sessions: usize,
 }
 
@@ -281,7 +281,7 @@ pub struct LifecycleArgs {
     )]
     pub repository_watch: RepositoryWatch,
     /// Polling interval, in milliseconds, when the repository is polled.
-    #[arg(long, env = "FER_REPOSITORY_POLL_MS", default_value_t = 2000)]
+    #[arg(long, env = "FER_REPOSITORY_POLL_MS", default_value_t = 2000, value_parser = at_least_one_ms)]
     pub repository_poll_ms: u64,
     /// Quiet time, in milliseconds, after a change before it is loaded; files modified more
     /// recently than this are treated as still being written.
@@ -304,20 +304,34 @@ pub struct AdmissionArgs {
     pub max_concurrent_requests: usize,
 }
 
+/// A count that must be at least 1, refused at parsing (not quietly raised later).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A duration in milliseconds that must be at least 1.
+fn at_least_one_ms(text: &str) -> Result<u64, String> {
+    at_least_one(text).map(|n| n as u64)
+}
+
 /// How long an HTTP client may hold a connection or a request without sending it.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
     /// Time, in milliseconds, from a request's first byte to the end of its headers before the
     /// connection is closed.
-    #[arg(long, env = "FER_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "FER_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = at_least_one_ms)]
     pub header_read_timeout_ms: u64,
     /// Time, in milliseconds, a connection may stay open with no request in progress (longer
     /// than a load balancer's own idle timeout, so that it closes them first).
-    #[arg(long, env = "FER_IDLE_TIMEOUT_MS", default_value_t = 75_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "FER_IDLE_TIMEOUT_MS", default_value_t = 75_000, value_parser = at_least_one_ms)]
     pub idle_timeout_ms: u64,
     /// Time, in milliseconds, a request's body may take to arrive before 408; inference
     /// requests take an admission slot only once their body is in.
-    #[arg(long, env = "FER_BODY_READ_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "FER_BODY_READ_TIMEOUT_MS", default_value_t = 30_000, value_parser = at_least_one_ms)]
     pub body_read_timeout_ms: u64,
 }
 
@@ -481,5 +495,26 @@ mod tests {
         assert_eq!(args.max_queue_delay_ms, 0);
         assert_eq!(args.lifecycle.version_policy, VersionPolicy::Latest(1));
         assert!(args.access.api_keys.is_empty());
+    }
+
+    #[test]
+    fn counts_and_timeouts_of_zero_are_refused_at_parsing() {
+        for flag in [
+            "--max-batch-size",
+            "--queue-capacity",
+            "--workers",
+            "--max-images",
+            "--detector-sessions",
+            "--repository-poll-ms",
+            "--header-read-timeout-ms",
+            "--idle-timeout-ms",
+            "--body-read-timeout-ms",
+        ] {
+            let error = Cli::try_parse_from(["fer-server", "serve", flag, "0"])
+                .err()
+                .unwrap_or_else(|| panic!("{flag} 0 accepted"));
+            assert!(error.to_string().contains("must be at least 1"), "{error}");
+            assert!(Cli::try_parse_from(["fer-server", "serve", flag, "1"]).is_ok());
+        }
     }
 }

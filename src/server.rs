@@ -55,10 +55,10 @@ impl Server {
         let debounce = Duration::from_millis(lifecycle.reload_debounce_ms);
         let options = RegistryOptions {
             models_dir: args.model.models_dir.clone(),
-            max_batch_size: args.max_batch_size.max(1),
+            max_batch_size: args.max_batch_size,
             max_queue_delay: Duration::from_millis(args.max_queue_delay_ms),
-            queue_capacity: args.queue_capacity.max(1),
-            workers: args.workers.max(1),
+            queue_capacity: args.queue_capacity,
+            workers: args.workers,
             session,
             decode_limits: args.model.decode_limits(),
             version_policy: lifecycle.version_policy.clone(),
@@ -116,7 +116,7 @@ impl Server {
                 default_model: Arc::from(args.model.default_model.as_str()),
                 limits: Limits {
                     body_limit: args.body_limit,
-                    max_images: args.max_images.max(1),
+                    max_images: args.max_images,
                     body_read_timeout: Duration::from_millis(args.connections.body_read_timeout_ms),
                 },
                 shutting_down: Arc::new(AtomicBool::new(false)),
@@ -138,7 +138,7 @@ impl Server {
                     RepositoryWatch::Poll => WatchMode::Poll,
                     RepositoryWatch::Off => WatchMode::Off,
                 },
-                poll_interval: Duration::from_millis(lifecycle.repository_poll_ms.max(1)),
+                poll_interval: Duration::from_millis(lifecycle.repository_poll_ms),
                 debounce,
             },
             models_dir: options.models_dir,

@@ -646,7 +646,9 @@ mod tests {
         let rgb = decode_pixels(bytes, Channels::Rgb, &limits).unwrap();
         assert_eq!((gray.width, gray.height), (16, 16));
         assert_eq!(gray.data, rgb.to_channels(Channels::Gray).data);
-        assert!(gray.data.iter().any(|&v| v != gray.data[0]), "not a flat image");
+        assert!(
+            gray.data.iter().any(|&v| v != gray.data[0]),
+            "not a flat image"
+        );
     }
-
 }
