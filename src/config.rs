@@ -204,6 +204,10 @@ pub struct DetectorArgs {
     /// Detector sessions (requests detecting at once).
     #[arg(long, env = "FER_DETECTOR_SESSIONS", default_value_t = 1, value_parser = at_least_one)]
     pub detector_sessions: usize,
+    /// Pixels of photos decoded at once for face detection, across all requests (3 bytes each);
+    /// a photo waits for its share before it is decoded. At least --max-image-pixels.
+    #[arg(long, env = "FER_MAX_DECODED_PIXELS", default_value_t = 80_000_000)]
+    pub max_decoded_pixels: u64,
 }
 
 /// Which face detector to load.

@@ -77,6 +77,12 @@ impl Server {
             })?;
         let registry = registry.with_settle(debounce);
         let detector = &args.detector;
+        anyhow::ensure!(
+            detector.max_decoded_pixels >= args.model.max_image_pixels,
+            "--max-decoded-pixels ({}) is below --max-image-pixels ({}): the largest photo accepted could never be decoded",
+            detector.max_decoded_pixels,
+            args.model.max_image_pixels
+        );
         let path = detector.detector.path().unwrap_or_else(|missing| {
             tracing::warn!("{missing}; /v1/analyze answers 501");
             None
@@ -91,6 +97,7 @@ impl Server {
                     min_face: detector.min_face_size,
                     margin: detector.face_margin,
                     align: detector.align_faces,
+                    max_decoded_pixels: detector.max_decoded_pixels,
                 };
                 let pool =
                     DetectorPool::load(environment, &path, settings, args.model.decode_limits())

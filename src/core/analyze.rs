@@ -30,6 +30,8 @@ pub struct DetectorSettings {
     pub min_face: f32,
     pub margin: f32,
     pub align: bool,
+    /// Decoded pixels in flight across all requests (`--max-decoded-pixels`).
+    pub max_decoded_pixels: u64,
 }
 
 /// Detector sessions, each used by one request at a time, on blocking threads.
@@ -43,6 +45,10 @@ pub struct DetectorPool {
     /// What a request gets unless it asks otherwise.
     pub defaults: AnalyzeOptions,
     limits: DecodeLimits,
+    /// Kilopixels that may be decoded at once: a photo waits for its share before it is decoded,
+    /// so N concurrent huge photos queue instead of multiplying memory.
+    budget: Arc<tokio::sync::Semaphore>,
+    budget_kilopixels: u32,
 }
 
 impl DetectorPool {
@@ -52,6 +58,9 @@ impl DetectorPool {
         settings: DetectorSettings,
         limits: DecodeLimits,
     ) -> Result<Self, crate::backend::BackendError> {
+        let budget_kilopixels = u32::try_from(settings.max_decoded_pixels.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS as u32);
         let (back, idle) = crossbeam_channel::unbounded();
         let first = FaceDetector::load(environment, path, settings.intra_op_threads)?;
         let (kind, input_size) = (first.kind(), first.input_size());
@@ -84,7 +93,23 @@ impl DetectorPool {
                 align: settings.align,
             },
             limits,
+            budget: Arc::new(tokio::sync::Semaphore::new(budget_kilopixels as usize)),
+            budget_kilopixels,
         })
+    }
+
+    /// Waits until `width × height` pixels may be decoded; the share returns when the permit drops.
+    async fn reserve(
+        &self,
+        width: u32,
+        height: u32,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        let kilopixels = (u64::from(width) * u64::from(height)).div_ceil(1024).max(1);
+        let share = kilopixels.min(u64::from(self.budget_kilopixels)) as u32;
+        Arc::clone(&self.budget)
+            .acquire_many_owned(share)
+            .await
+            .map_err(|_| Error::Internal)
     }
 
     /// The crop of one face that is classified: turned upright by its landmarks when `align` and
@@ -152,6 +177,10 @@ pub struct Analysis {
     pub faces: Vec<Face>,
 }
 
+/// Photos at least this large hand their memory back to the system once analysed (a 12-megapixel
+/// phone photo is 36 MB decoded).
+const LARGE_PHOTO_PIXELS: u64 = 4_000_000;
+
 /// Finds and classifies every face of every image; answers in input order.
 pub async fn analyze(
     detectors: &Arc<DetectorPool>,
@@ -161,36 +190,45 @@ pub async fn analyze(
     top_k: Option<usize>,
     metrics: &Metrics,
 ) -> Result<Vec<Analysis>, Error> {
-    let pool = Arc::clone(detectors);
-    let prepare = Arc::clone(model);
     let detect_time = metrics
         .stage_duration
         .with_label_values(&[model.manifest.name.as_str(), "detect"]);
-    // Decoding, detection and cropping are CPU work: off the async threads.
-    let found = tokio::task::spawn_blocking(move || {
-        images
-            .iter()
-            .enumerate()
-            .map(|(index, bytes)| {
-                let started = Instant::now();
-                let (image, faces) = pool.detect(bytes, index, options.detect)?;
-                detect_time.observe(started.elapsed().as_secs_f64());
-                let crops = faces
-                    .iter()
-                    .map(|d| {
-                        let crop = pool.crop(&image, d, options.margin, options.align);
-                        prepare
-                            .preprocessor
-                            .prepare(&crop)
-                            .map_err(|source| Error::InvalidImage { index, source })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((image.width, image.height, faces, crops))
-            })
-            .collect::<Result<Vec<_>, Error>>()
-    })
-    .await
-    .map_err(|_| Error::Internal)??;
+    let mut found = Vec::with_capacity(images.len());
+    for (index, bytes) in images.into_iter().enumerate() {
+        // The header says what the decode will cost; the photo waits for that share of the budget.
+        let (width, height) = fer_contract::preprocess::dimensions(&bytes, &detectors.limits)
+            .map_err(|source| Error::InvalidImage { index, source })?;
+        let permit = detectors.reserve(width, height).await?;
+        let pool = Arc::clone(detectors);
+        let prepare = Arc::clone(model);
+        let detect_time = detect_time.clone();
+        // Decoding, detection and cropping are CPU work: off the async threads.
+        let one = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let (image, faces) = pool.detect(&bytes, index, options.detect)?;
+            detect_time.observe(started.elapsed().as_secs_f64());
+            let crops = faces
+                .iter()
+                .map(|d| {
+                    let crop = pool.crop(&image, d, options.margin, options.align);
+                    prepare
+                        .preprocessor
+                        .prepare(&crop)
+                        .map_err(|source| Error::InvalidImage { index, source })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let (width, height) = (image.width, image.height);
+            drop(image);
+            drop(permit);
+            if u64::from(width) * u64::from(height) >= LARGE_PHOTO_PIXELS {
+                crate::core::memory::give_back();
+            }
+            Ok::<_, Error>((width, height, faces, crops))
+        })
+        .await
+        .map_err(|_| Error::Internal)??;
+        found.push(one);
+    }
     let crops: Vec<Pixels> = found
         .iter()
         .flat_map(|(_, _, _, c)| c.iter().cloned())

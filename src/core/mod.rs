@@ -4,5 +4,6 @@ pub mod admission;
 pub mod analyze;
 pub mod batcher;
 pub mod classify;
+pub mod memory;
 pub mod registry;
 pub mod watcher;

@@ -237,6 +237,22 @@ pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<Pixels, ImageEr
     decode_pixels(bytes, Channels::Rgb, limits)
 }
 
+/// An image's width and height from its header, checked against `limits`, without decoding it
+/// (what a decode of it will cost is known before the memory is spent).
+pub fn dimensions(bytes: &[u8], limits: &DecodeLimits) -> Result<(u32, u32), ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    let format = image::guess_format(bytes).map_err(|_| {
+        ImageError::Unsupported("the bytes are not a known image format".to_string())
+    })?;
+    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(map_image_error)?;
+    limits.check(width, height)?;
+    Ok((width, height))
+}
+
 /// Decodes to the wanted channels at the image's own size, with its EXIF orientation applied.
 pub fn decode_pixels(
     bytes: &[u8],
@@ -650,5 +666,21 @@ mod tests {
             gray.data.iter().any(|&v| v != gray.data[0]),
             "not a flat image"
         );
+    }
+
+    #[test]
+    fn dimensions_come_from_the_header_and_are_checked() {
+        let png = png_gray(30, 20, |x, _| x as u8);
+        assert_eq!(dimensions(&png, &DecodeLimits::default()), Ok((30, 20)));
+        let small = DecodeLimits {
+            max_width: 10,
+            max_height: 10,
+            max_pixels: 100,
+        };
+        assert!(matches!(
+            dimensions(&png, &small),
+            Err(ImageError::TooLarge { .. })
+        ));
+        assert_eq!(dimensions(&[], &small), Err(ImageError::Empty));
     }
 }

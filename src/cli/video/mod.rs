@@ -358,6 +358,8 @@ mod local {
                 min_face: fer_contract::detect::DEFAULT_MIN_FACE,
                 margin: 0.0,
                 align: true,
+                // One frame at a time: the budget never binds.
+                max_decoded_pixels: args.model.max_image_pixels,
             };
             Some(Arc::new(DetectorPool::load(
                 environment,

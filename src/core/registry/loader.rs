@@ -35,11 +35,7 @@ struct Retirement {
 
 impl Drop for Retirement {
     fn drop(&mut self) {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        crate::core::memory::give_back();
         tracing::info!(
             model = %self.name,
             version = self.version,
