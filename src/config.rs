@@ -173,7 +173,7 @@ pub struct ServeArgs {
     pub detector: DetectorArgs,
 }
 
-/// Face detection for `/v1/analyze` (full photos and frames).
+/// Face detection for `/v1/analyze` (full photos and frames) and `score-video --local`.
 #[derive(Debug, Clone, Args)]
 pub struct DetectorArgs {
     /// Face detector: `auto` (CenterFace as `scripts/setup-detector.sh` installs it, when it is
@@ -208,6 +208,22 @@ pub struct DetectorArgs {
     /// a photo waits for its share before it is decoded. At least --max-image-pixels.
     #[arg(long, env = "FER_MAX_DECODED_PIXELS", default_value_t = 80_000_000)]
     pub max_decoded_pixels: u64,
+}
+
+impl DetectorArgs {
+    /// The detector pool's settings: one place for the server and `score-video --local`.
+    pub fn settings(&self, intra_op_threads: usize) -> crate::core::analyze::DetectorSettings {
+        crate::core::analyze::DetectorSettings {
+            sessions: self.detector_sessions,
+            intra_op_threads,
+            score_threshold: self.detector_score_threshold,
+            nms_iou: self.detector_nms_iou,
+            min_face: self.min_face_size,
+            margin: self.face_margin,
+            align: self.align_faces,
+            max_decoded_pixels: self.max_decoded_pixels,
+        }
+    }
 }
 
 /// Which face detector to load.
@@ -386,7 +402,7 @@ pub struct ClassifyArgs {
     #[arg(long)]
     pub json: bool,
     /// Scores to print per file (default: all).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub top_k: Option<usize>,
 }
 
@@ -410,10 +426,9 @@ pub struct ScoreVideoArgs {
     /// Each frame is one face crop: classify it whole, without face detection.
     #[arg(long, env = "FER_VIDEO_NO_DETECT")]
     pub no_detect: bool,
-    /// Face detector for --local: `auto` (CenterFace as `scripts/setup-detector.sh` installs it),
-    /// or the path of a CenterFace or UltraFace `.onnx`.
-    #[arg(long, env = "FER_DETECTOR", default_value = "auto", value_parser = parse_detector)]
-    pub detector: DetectorChoice,
+    /// Face detection for --local: the server's flags and defaults.
+    #[command(flatten)]
+    pub detector: DetectorArgs,
     /// Temporal smoothing per face track: `none`, `ema:ALPHA` or `mean:N` (frames).
     #[arg(long, env = "FER_VIDEO_SMOOTH", default_value = "none")]
     pub smooth: String,

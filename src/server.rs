@@ -10,7 +10,7 @@ use anyhow::Context;
 use crate::auth::ApiKeys;
 use crate::config::{RepositoryWatch, ServeArgs};
 use crate::core::admission::Admission;
-use crate::core::analyze::{DetectorPool, DetectorSettings};
+use crate::core::analyze::DetectorPool;
 use crate::core::registry::{ModelRegistry, RegistryOptions};
 use crate::core::watcher::{RepositoryWatcher, WatchMode, WatchOptions};
 use crate::grpc::fer::FerService;
@@ -89,16 +89,7 @@ impl Server {
         });
         let detectors = match path {
             Some(path) => {
-                let settings = DetectorSettings {
-                    sessions: detector.detector_sessions,
-                    intra_op_threads: args.model.intra_threads(args.workers),
-                    score_threshold: detector.detector_score_threshold,
-                    nms_iou: detector.detector_nms_iou,
-                    min_face: detector.min_face_size,
-                    margin: detector.face_margin,
-                    align: detector.align_faces,
-                    max_decoded_pixels: detector.max_decoded_pixels,
-                };
+                let settings = detector.settings(args.model.intra_threads(args.workers));
                 let pool =
                     DetectorPool::load(environment, &path, settings, args.model.decode_limits())
                         .with_context(|| format!("loading the face detector {}", path.display()))?;

@@ -58,31 +58,30 @@ pub fn run(args: &ClassifyArgs) -> anyhow::Result<()> {
         if manifest.output.kind == OutputKind::Logits {
             softmax_in_place(&mut scores);
         }
-        let mut ranked: Vec<(&str, f32)> = manifest
-            .labels
-            .iter()
-            .map(String::as_str)
-            .zip(scores.iter().copied())
-            .collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-        ranked.truncate(args.top_k.unwrap_or(ranked.len()).max(1));
+        let prediction =
+            crate::core::classify::to_prediction(&manifest.labels, &scores, args.top_k);
         if args.json {
-            let scores: serde_json::Map<String, serde_json::Value> = ranked
+            let scores: serde_json::Map<String, serde_json::Value> = prediction
+                .scores
                 .iter()
-                .map(|(l, p)| (l.to_string(), serde_json::json!(p)))
+                .map(|(l, p)| (l.clone(), serde_json::json!(p)))
                 .collect();
             writeln!(
                 out,
                 "{}",
-                serde_json::json!({"file": file, "model": {"name": name, "version": version}, "label": ranked[0].0, "confidence": ranked[0].1, "scores": scores})
+                serde_json::json!({"file": file, "model": {"name": name, "version": version}, "label": prediction.label, "confidence": prediction.confidence, "scores": scores})
             )?;
         } else {
-            let scores: Vec<String> = ranked.iter().map(|(l, p)| format!("{l} {p:.3}")).collect();
+            let scores: Vec<String> = prediction
+                .scores
+                .iter()
+                .map(|(l, p)| format!("{l} {p:.3}"))
+                .collect();
             writeln!(
                 out,
                 "{}: {} ({})",
                 file.display(),
-                ranked[0].0,
+                prediction.label,
                 scores.join(", ")
             )?;
         }

@@ -165,7 +165,9 @@ pub async fn classify(
         .collect())
 }
 
-fn to_prediction(labels: &[String], probabilities: &[f32], top_k: Option<usize>) -> Prediction {
+/// Labels ranked by probability, the best first, `top_k` of them (or all): the one ranking of the
+/// server and the offline `classify` command.
+pub fn to_prediction(labels: &[String], probabilities: &[f32], top_k: Option<usize>) -> Prediction {
     let mut ranked: Vec<(String, f32)> = labels
         .iter()
         .cloned()

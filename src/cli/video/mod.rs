@@ -314,7 +314,7 @@ fn whole_frame() -> Rect {
 /// server, without a server.
 mod local {
     use super::*;
-    use crate::core::analyze::{self, DetectorPool, DetectorSettings};
+    use crate::core::analyze::{self, DetectorPool};
     use crate::core::classify;
     use crate::core::registry::{ModelRegistry, RegistryOptions};
     use crate::metrics::Metrics;
@@ -348,19 +348,10 @@ mod local {
         } else {
             let path = args
                 .detector
+                .detector
                 .path()?
                 .context("--local scoring of whole frames needs a face detector (or --no-detect for face crops)")?;
-            let settings = DetectorSettings {
-                sessions: 1,
-                intra_op_threads: args.model.intra_threads(1),
-                score_threshold: None,
-                nms_iou: fer_contract::detect::DEFAULT_NMS_IOU,
-                min_face: fer_contract::detect::DEFAULT_MIN_FACE,
-                margin: 0.0,
-                align: true,
-                // One frame at a time: the budget never binds.
-                max_decoded_pixels: args.model.max_image_pixels,
-            };
+            let settings = args.detector.settings(args.model.intra_threads(1));
             Some(Arc::new(DetectorPool::load(
                 environment,
                 &path,
