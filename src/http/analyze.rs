@@ -25,9 +25,10 @@ pub struct AnalyzeQuery {
     /// Expression model (default: the server's default model).
     pub model: Option<String>,
     /// Model version (default: the newest ready version).
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub version: Option<u64>,
     /// Return only the `top_k` best scores per face, at least 1 (default: every label).
-    #[param(minimum = 1)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 4_294_967_295_u64)]
     pub top_k: Option<u32>,
     /// Lowest face-detection score kept, in [0, 1] (default: `--detector-score-threshold`).
     #[param(minimum = 0, maximum = 1)]

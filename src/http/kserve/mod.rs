@@ -173,7 +173,7 @@ pub async fn model_metadata(
     get,
     path = "/v2/models/{model}/versions/{version}",
     tag = "kserve-v2",
-    params(("model" = String, Path, example = "ferplus"), ("version" = u64, Path, description = "Version number")),
+    params(("model" = String, Path, example = "ferplus"), ("version" = u64, Path, minimum = 0, maximum = 9_223_372_036_854_775_807_i64, description = "Version number")),
     responses(
         (status = 200, body = ModelMetadata),
         (status = 400, description = "The version is not a number", body = V2ErrorBody),
@@ -227,7 +227,7 @@ pub async fn model_ready(
     get,
     path = "/v2/models/{model}/versions/{version}/ready",
     tag = "kserve-v2",
-    params(("model" = String, Path, example = "ferplus"), ("version" = u64, Path, description = "Version number")),
+    params(("model" = String, Path, example = "ferplus"), ("version" = u64, Path, minimum = 0, maximum = 9_223_372_036_854_775_807_i64, description = "Version number")),
     responses(
         (status = 200, description = "Ready", body = ModelReadyResponse),
         (status = 400, description = "Not ready; a version that is not a number", body = V2ErrorBody),
@@ -340,7 +340,7 @@ pub async fn model_infer(
     post,
     path = "/v2/models/{model}/versions/{version}/infer",
     tag = "kserve-v2",
-    params(("model" = String, Path, example = "ferplus"), ("version" = u64, Path, description = "Version number")),
+    params(("model" = String, Path, example = "ferplus"), ("version" = u64, Path, minimum = 0, maximum = 9_223_372_036_854_775_807_i64, description = "Version number")),
     request_body(content = InferRequest, content_type = "application/json"),
     responses(
         (status = 200, body = types::InferResponse),
