@@ -12,17 +12,28 @@ pub struct ApiKeys {
     digests: Vec<[u8; 32]>,
 }
 
+/// Why the keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    /// The cause is part of the message, not a `source`, so that a chain printed with `{:#}`
+    /// names it once.
+    #[error("cannot read the API keys file {path} (--api-keys-file, FER_API_KEYS_FILE): {cause}")]
+    File { path: String, cause: std::io::Error },
+}
+
 impl ApiKeys {
     /// The keys from flags/env and from a file; `None` when there are none (auth off).
-    pub fn load(keys: &[String], file: Option<&Path>) -> Result<Option<Self>, String> {
+    pub fn load(keys: &[String], file: Option<&Path>) -> Result<Option<Self>, KeysError> {
         let mut all: Vec<String> = keys
             .iter()
             .map(|k| k.trim().to_string())
             .filter(|k| !k.is_empty())
             .collect();
         if let Some(file) = file {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| format!("cannot read the API keys file {}: {e}", file.display()))?;
+            let text = std::fs::read_to_string(file).map_err(|cause| KeysError::File {
+                path: file.display().to_string(),
+                cause,
+            })?;
             all.extend(
                 text.lines()
                     .map(str::trim)

@@ -40,8 +40,7 @@ impl Server {
                 .thread_name(|i| format!("decode-{i}"))
                 .build_global();
         }
-        let api_keys = ApiKeys::load(&args.access.api_keys, args.access.api_keys_file.as_deref())
-            .map_err(anyhow::Error::msg)?;
+        let api_keys = ApiKeys::load(&args.access.api_keys, args.access.api_keys_file.as_deref())?;
         if let Some(keys) = &api_keys {
             tracing::info!(keys = keys.len(), "API keys required");
         }
