@@ -11,8 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::http::{self, HeaderMap, HeaderValue};
-use bytes::Bytes;
-use http_body::Frame;
+use http_body_util::BodyExt;
 use tonic::body::Body;
 
 use crate::error::Error;
@@ -80,7 +79,14 @@ where
             let response = call.await?;
             let (mut parts, body) = response.into_parts();
             size_code(&mut parts.headers);
-            Ok(http::Response::from_parts(parts, Body::new(SizeCode(body))))
+            // A streaming call's status comes in the trailers.
+            let body = body.map_frame(|mut frame| {
+                if let Some(trailers) = frame.trailers_mut() {
+                    size_code(trailers);
+                }
+                frame
+            });
+            Ok(http::Response::from_parts(parts, Body::new(body)))
         })
     }
 }
@@ -112,36 +118,6 @@ fn size_code(headers: &mut HeaderMap) {
             });
     if too_large {
         headers.insert("grpc-status", HeaderValue::from_static("8"));
-    }
-}
-
-/// A response body whose trailers get [`size_code`] (the status of a streaming call).
-struct SizeCode(Body);
-
-impl http_body::Body for SizeCode {
-    type Data = Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        let polled = Pin::new(&mut self.get_mut().0).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(mut frame))) = polled {
-            if let Some(trailers) = frame.trailers_mut() {
-                size_code(trailers);
-            }
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.0.size_hint()
     }
 }
 

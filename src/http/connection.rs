@@ -22,8 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -135,32 +134,6 @@ impl Drop for InProgress {
         }
         drop(state);
         self.0.changed.notify_one();
-    }
-}
-
-/// A response body that keeps its request counted as in progress until it is written (dropped).
-struct Tracked {
-    inner: Body,
-    _in_progress: InProgress,
-}
-
-impl http_body::Body for Tracked {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -276,11 +249,12 @@ async fn connection(
             let app = app.clone();
             async move {
                 let response = app.oneshot(request.map(Body::new)).await?;
-                Ok::<_, std::convert::Infallible>(response.map(|inner| {
-                    Body::new(Tracked {
-                        inner,
-                        _in_progress: in_progress,
-                    })
+                // The body holds the request's count until it is written (dropped).
+                Ok::<_, std::convert::Infallible>(response.map(|body| {
+                    Body::new(body.map_frame(move |frame| {
+                        let _ = &in_progress;
+                        frame
+                    }))
                 }))
             }
         })
