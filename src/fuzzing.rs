@@ -9,7 +9,6 @@ use axum::extract::Request;
 use fer_contract::{DecodeLimits, Manifest, Preprocessor};
 
 use crate::core::registry::policy::VersionPolicy;
-use crate::http::Limits;
 use crate::http::classify::read_images;
 
 const MANIFEST: &str = include_str!("../models/ferplus/1/manifest.json");
@@ -42,11 +41,8 @@ pub fn decode_preprocess(data: &[u8]) {
     }
 }
 
-const LIMITS: Limits = Limits {
-    body_limit: 1 << 20,
-    max_images: 16,
-    body_read_timeout: std::time::Duration::from_secs(10),
-};
+const BODY_LIMIT: usize = 1 << 20;
+const MAX_IMAGES: usize = 16;
 const BOUNDARY: &str = "fuzz-boundary";
 
 /// The request parsers: the first byte picks which one reads the rest.
@@ -86,9 +82,9 @@ fn parse_request(content_type: &str, body: &[u8]) {
             .build()
             .unwrap_or_else(|e| panic!("a Tokio runtime: {e}"));
     }
-    let result = RUNTIME.with(|rt| rt.block_on(read_images(LIMITS, request)));
+    let result = RUNTIME.with(|rt| rt.block_on(read_images(BODY_LIMIT, MAX_IMAGES, request)));
     match result {
-        Ok(images) => assert!(images.len() <= LIMITS.max_images),
+        Ok(images) => assert!(images.len() <= MAX_IMAGES),
         Err(e) => assert!(
             (400..500).contains(&e.status()),
             "a malformed request must get a 4xx, not {}: {e}",

@@ -1,6 +1,7 @@
 //! fer-server: a facial-expression recognition inference server.
 //!
-//! Layers, top to bottom: `http` (transport) → `core` (classify use case, batcher, model
+//! Layers, top to bottom: `http` and `grpc` (transports, which only translate wire formats) →
+//! `core` (the inference service, the one way in: classify, analyze, infer_tensors; batcher, model
 //! registry) → `backend` (ONNX Runtime) → `fer_contract` (manifest and preprocessing, shared with
 //! the trainer). See `../shared/ARCHITECTURE.md` and the README.
 

@@ -2,7 +2,6 @@
 //! gracefully.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,6 +10,7 @@ use crate::auth::ApiKeys;
 use crate::config::{RepositoryWatch, ServeArgs};
 use crate::core::admission::Admission;
 use crate::core::analyze::DetectorPool;
+use crate::core::inference::Inference;
 use crate::core::registry::{ModelRegistry, RegistryOptions};
 use crate::core::watcher::{RepositoryWatcher, WatchMode, WatchOptions};
 use crate::grpc::fer::FerService;
@@ -108,26 +108,27 @@ impl Server {
         let admission = &args.admission;
         Ok(Self {
             state: AppState {
-                registry: Arc::new(registry),
-                metrics,
-                default_model: Arc::from(args.model.default_model.as_str()),
+                inference: Arc::new(Inference::new(
+                    Arc::new(registry),
+                    metrics,
+                    args.model.default_model.clone(),
+                    args.max_images,
+                    Admission::new(
+                        admission.max_concurrent_requests,
+                        Duration::from_millis(admission.request_timeout_ms),
+                    ),
+                    detectors,
+                )),
                 limits: Limits {
                     body_limit: args.body_limit,
-                    max_images: args.max_images,
                     body_read_timeout: Duration::from_millis(args.connections.body_read_timeout_ms),
                 },
-                shutting_down: Arc::new(AtomicBool::new(false)),
-                admission: Arc::new(Admission::new(
-                    admission.max_concurrent_requests,
-                    Duration::from_millis(admission.request_timeout_ms),
-                )),
                 api_keys: api_keys.map(Arc::new),
                 access: Arc::new(AccessPolicy {
                     auth_health: args.access.auth_health,
                     auth_metrics: args.access.auth_metrics,
                     cors_allow_origins: args.access.cors_allow_origins.clone(),
                 }),
-                detectors,
             },
             watch: WatchOptions {
                 mode: match lifecycle.repository_watch {
@@ -159,7 +160,7 @@ impl Server {
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
         let watcher = RepositoryWatcher::start(
-            Arc::clone(&self.state.registry),
+            Arc::clone(self.state.inference.registry()),
             &self.models_dir,
             self.watch,
         );
@@ -197,17 +198,17 @@ impl Server {
             shutdown_signal().await;
             let deadline = tokio::time::Instant::now() + drain_timeout;
             let _ = deadline_tx.send(deadline);
-            state.shutting_down.store(true, Ordering::SeqCst);
+            state.inference.begin_shutdown();
             tracing::info!(
-                in_flight = state.admission.in_flight(),
+                in_flight = state.inference.in_flight(),
                 "shutting down: new requests get 503, finishing those in flight"
             );
-            if tokio::time::timeout_at(deadline, state.admission.drained())
+            if tokio::time::timeout_at(deadline, state.inference.drained())
                 .await
                 .is_err()
             {
                 tracing::warn!(
-                    in_flight = state.admission.in_flight(),
+                    in_flight = state.inference.in_flight(),
                     "drain timeout: closing with requests still in flight"
                 );
             }
@@ -248,7 +249,7 @@ async fn report_health(state: AppState, health: tonic_health::server::HealthRepo
     use tonic_health::ServingStatus;
     let mut last = None;
     loop {
-        let ready = state.readiness().is_ok();
+        let ready = state.inference.readiness().is_ok();
         if last != Some(ready) {
             let status = if ready {
                 ServingStatus::Serving

@@ -298,3 +298,242 @@ async fn keys_size_limits_and_top_k_mean_what_they_mean_over_http() {
         .into_inner();
     assert_eq!(answer.results[0].scores.len(), 2);
 }
+
+/// The HTTP error of a request: status and message.
+async fn http_error(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap();
+    let message = body["error"]["message"]
+        .as_str()
+        .or(body["error"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    (status, message)
+}
+
+/// One core entry point per use case: the same request over HTTP and over gRPC gets the same
+/// answer, and the same error with the same message.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_request_gets_the_same_answer_over_http_and_grpc() {
+    let server = Server::start(&["--max-images", "2"]);
+    let face = ferplus_faces(9, 1).remove(0).png;
+    let http = reqwest::Client::new();
+    let mut fer_client = FerClient::connect(server.grpc.clone()).await.unwrap();
+    let mut kserve_client = GrpcInferenceServiceClient::connect(server.grpc.clone())
+        .await
+        .unwrap();
+    let classify_http = |query: &str, images: Vec<Vec<u8>>| {
+        let form = images
+            .into_iter()
+            .fold(reqwest::multipart::Form::new(), |f, png| {
+                f.part(
+                    "image",
+                    reqwest::multipart::Part::bytes(png).file_name("f.png"),
+                )
+            });
+        http.post(server.url(&format!("/v1/classify{query}")))
+            .multipart(form)
+            .send()
+    };
+    let classify_grpc =
+        |model: &str, images: Vec<Vec<u8>>, top_k: Option<u32>| fer::ClassifyRequest {
+            model: model.into(),
+            version: 0,
+            images,
+            top_k,
+        };
+
+    // Classify: the same labels and probabilities.
+    let body: serde_json::Value = classify_http("?top_k=2", vec![face.clone()])
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let grpc = fer_client
+        .classify(classify_grpc("", vec![face.clone()], Some(2)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((grpc.model.as_str(), grpc.version), ("ferplus", 1));
+    assert_eq!(body["model"]["name"], "ferplus");
+    let (h, g) = (&body["results"][0], &grpc.results[0]);
+    assert_eq!(h["label"], g.label.as_str());
+    assert_eq!(g.scores.len(), 2);
+    assert_eq!(h["scores"].as_object().unwrap().len(), 2);
+    for score in &g.scores {
+        let over_http = h["scores"][&score.label].as_f64().unwrap();
+        assert!((over_http - f64::from(score.probability)).abs() < 1e-5);
+    }
+
+    // The same errors, with the same messages.
+    let cases: Vec<(&str, &str, fer::ClassifyRequest, u16, tonic::Code)> = vec![
+        (
+            "unknown model",
+            "?model=nope",
+            classify_grpc("nope", vec![face.clone()], None),
+            404,
+            tonic::Code::NotFound,
+        ),
+        (
+            "top_k 0",
+            "?top_k=0",
+            classify_grpc("", vec![face.clone()], Some(0)),
+            400,
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "too many images",
+            "",
+            classify_grpc("", vec![face.clone(); 3], None),
+            422,
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "not an image",
+            "",
+            classify_grpc("", vec![b"junk".to_vec()], None),
+            415,
+            tonic::Code::InvalidArgument,
+        ),
+    ];
+    for (name, query, request, status, code) in cases {
+        let images = request.images.clone();
+        let (http_status, http_message) =
+            http_error(classify_http(query, images).await.unwrap()).await;
+        let grpc_status = fer_client.classify(request).await.unwrap_err();
+        assert_eq!((http_status, grpc_status.code()), (status, code), "{name}");
+        assert_eq!(http_message, grpc_status.message(), "{name}");
+    }
+
+    // The Open Inference Protocol: REST JSON and gRPC raw contents, top-2 strings.
+    let rest: serde_json::Value = http
+        .post(server.url("/v2/models/ferplus/infer"))
+        .json(&serde_json::json!({
+            "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                        "data": [base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &face)]}],
+            "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}]
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut raw = (face.len() as u32).to_le_bytes().to_vec();
+    raw.extend_from_slice(&face);
+    let classification = kserve::InferParameter {
+        parameter_choice: Some(kserve::infer_parameter::ParameterChoice::Int64Param(2)),
+    };
+    let infer = kserve::ModelInferRequest {
+        model_name: "ferplus".into(),
+        inputs: vec![kserve::model_infer_request::InferInputTensor {
+            name: "image".into(),
+            datatype: "BYTES".into(),
+            shape: vec![1],
+            ..Default::default()
+        }],
+        outputs: vec![kserve::model_infer_request::InferRequestedOutputTensor {
+            name: "probabilities".into(),
+            parameters: [("classification".to_string(), classification)].into(),
+        }],
+        raw_input_contents: vec![raw],
+        ..Default::default()
+    };
+    let grpc = kserve_client
+        .model_infer(infer.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut strings = Vec::new();
+    let mut at = 0;
+    let bytes = &grpc.raw_output_contents[0];
+    while at < bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        strings.push(String::from_utf8(bytes[at + 4..at + 4 + len].to_vec()).unwrap());
+        at += 4 + len;
+    }
+    let rest_strings: Vec<String> = rest["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    let label = |s: &String| s.rsplit(':').next().unwrap().to_string();
+    assert_eq!(
+        rest_strings.iter().map(label).collect::<Vec<_>>(),
+        strings.iter().map(label).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        label(&strings[0]),
+        grpc_label(
+            &fer_client
+                .classify(classify_grpc("", vec![face.clone()], Some(1)))
+                .await
+                .unwrap()
+                .into_inner()
+        )
+    );
+
+    // And the same protocol errors.
+    let mut wrong = infer;
+    wrong.inputs[0].shape = vec![2];
+    let grpc_status = kserve_client.model_infer(wrong).await.unwrap_err();
+    let (http_status, http_message) = http_error(
+        http.post(server.url("/v2/models/ferplus/infer"))
+            .json(&serde_json::json!({
+                "inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
+                            "data": [base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &face)]}]
+            }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (http_status, grpc_status.code()),
+        (400, tonic::Code::InvalidArgument)
+    );
+    assert_eq!(http_message, grpc_status.message());
+
+    // Analysis of a photo: `/v1/analyze` and a frame of `StreamFrames` with `detect`.
+    let photo = std::fs::read(common::repo().join("../shared/images/group-photos/2.jpg")).unwrap();
+    let analyzed: serde_json::Value = http
+        .post(server.url("/v1/analyze?top_k=1"))
+        .header("content-type", "image/jpeg")
+        .body(photo.clone())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let frame = fer::Frame {
+        index: 0,
+        timestamp: 0.0,
+        image: photo,
+        model: String::new(),
+        top_k: Some(1),
+        detect: true,
+    };
+    let mut stream = fer_client
+        .stream_frames(tokio_stream::iter(vec![frame]))
+        .await
+        .unwrap()
+        .into_inner();
+    let result = stream.message().await.unwrap().unwrap();
+    assert!(result.error.is_empty(), "{}", result.error);
+    let http_faces = analyzed["results"][0]["faces"].as_array().unwrap();
+    assert!(!http_faces.is_empty());
+    assert_eq!(http_faces.len(), result.faces.len());
+    for (h, g) in http_faces.iter().zip(&result.faces) {
+        let p = g.prediction.as_ref().unwrap();
+        assert_eq!(h["label"], p.label.as_str());
+        assert!((h["box"]["x"].as_f64().unwrap() - f64::from(g.x)).abs() < 1e-3);
+        assert!((h["confidence"].as_f64().unwrap() - f64::from(p.confidence)).abs() < 1e-5);
+    }
+}
+
+fn grpc_label(response: &fer::ClassifyResponse) -> String {
+    response.results[0].label.clone()
+}

@@ -414,14 +414,14 @@ async fn a_corpus_of_bad_inputs_gets_documented_4xx_and_never_a_5xx() {
         ("batch over the image limit", tensor("[65, 1, 48, 48]", "FP32", "[]"), 422, "limit"),
         (
             "unknown input",
-            v2(r#"{"inputs": [{"name": "pixels", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}"#.into()),
+            v2(r#"{"inputs": [{"name": "pixels", "shape": [1], "datatype": "BYTES", "data": ["AAAA"]}]}"#.into()),
             400,
             "unknown input",
         ),
         (
             "two inputs",
             v2(format!(
-                r#"{{"inputs": [{{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["x"]}}, {{"name": "{input}", "shape": [1], "datatype": "FP32", "data": [0]}}]}}"#
+                r#"{{"inputs": [{{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["AAAA"]}}, {{"name": "{input}", "shape": [1], "datatype": "FP32", "data": [0]}}]}}"#
             )),
             400,
             "exactly one input",
@@ -463,7 +463,13 @@ async fn a_corpus_of_bad_inputs_gets_documented_4xx_and_never_a_5xx() {
             "malformed BYTES",
         ),
         ("NaN in the tensor", binary(&fp32_binary(9216), &f32::NAN.to_le_bytes().repeat(2304)), 400, "finite"),
-        ("unknown model", c.post(server.url("/v2/models/nope/infer")).body("{}"), 404, "not found"),
+        (
+            "unknown model",
+            c.post(server.url("/v2/models/nope/infer"))
+                .body(r#"{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["AAAA"]}]}"#),
+            404,
+            "not found",
+        ),
         (
             "version not a number",
             c.post(server.url("/v2/models/ferplus/versions/x/infer")).body("{}"),

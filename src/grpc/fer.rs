@@ -13,9 +13,9 @@ use super::inference::STREAM_IN_FLIGHT;
 use super::observe;
 use super::proto::fer::v1 as pb;
 use super::proto::fer::v1::fer_server::Fer;
-use crate::core::analyze;
-use crate::core::classify::{self, Prediction, check_top_k};
-use crate::error::Error;
+use crate::core::analyze::Face;
+use crate::core::classify::Prediction;
+use crate::core::inference::{AnalyzeOverrides, ModelChoice};
 use crate::state::AppState;
 
 pub struct FerService {
@@ -34,90 +34,45 @@ fn prediction(p: Prediction) -> pb::Prediction {
     }
 }
 
-/// Classifies encoded images with the named (or default) model; `(name, version, predictions)`.
-async fn classify_images(
-    state: &AppState,
-    model: &str,
-    version: u64,
-    images: Vec<Bytes>,
-    top: Option<usize>,
-) -> Result<(String, u64, Vec<Prediction>), Error> {
-    let name = if model.is_empty() {
-        &state.default_model
-    } else {
-        model
-    };
-    let model = state
-        .registry
-        .resolve(name, (version > 0).then_some(version))?;
-    state.limits.check_image_count(images.len())?;
-    let work = async {
-        let pixels = classify::decode_all(&model, images, &state.metrics).await?;
-        classify::classify(&model, pixels, top, &state.metrics).await
-    };
-    let predictions = state.admit(work).await?;
-    Ok((
-        model.manifest.name.clone(),
-        model.manifest.version,
-        predictions,
-    ))
+/// The protocol's model fields: an empty name is the default model, version 0 the newest ready.
+fn choice(model: String, version: u64) -> ModelChoice {
+    ModelChoice {
+        name: (!model.is_empty()).then_some(model),
+        version: (version > 0).then_some(version),
+    }
 }
 
-/// Finds and classifies the faces of one whole frame.
-async fn analyze_frame(
-    state: &AppState,
-    model: &str,
-    image: Bytes,
-    top: Option<usize>,
-) -> Result<(String, u64, Vec<pb::Face>), Error> {
-    let detectors = state
-        .detectors
-        .clone()
-        .ok_or(Error::DetectorNotConfigured)?;
-    let name = if model.is_empty() {
-        &state.default_model
-    } else {
-        model
-    };
-    let model = state.registry.resolve(name, None)?;
-    let options = detectors.defaults;
-    let work = analyze::analyze(
-        &detectors,
-        &model,
-        vec![image],
-        options,
-        top,
-        &state.metrics,
-    );
-    let mut analyses = state.admit(work).await?;
-    let faces = analyses
-        .pop()
-        .map(|a| a.faces)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|f| pb::Face {
-            x: f.detection.x0,
-            y: f.detection.y0,
-            width: f.detection.x1 - f.detection.x0,
-            height: f.detection.y1 - f.detection.y0,
-            score: f.detection.score,
-            prediction: Some(prediction(f.prediction)),
-        })
-        .collect();
-    Ok((model.manifest.name.clone(), model.manifest.version, faces))
+fn face(f: Face) -> pb::Face {
+    let d = f.detection;
+    pb::Face {
+        x: d.x0,
+        y: d.y0,
+        width: d.x1 - d.x0,
+        height: d.y1 - d.y0,
+        score: d.score,
+        prediction: Some(prediction(f.prediction)),
+    }
 }
 
+/// One frame: its expression, or with `detect` each face found in it and its expression.
 async fn frame_result(state: AppState, frame: pb::Frame) -> pb::FrameResult {
     let started = Instant::now();
-    let image = Bytes::from(frame.image);
-    let result = match check_top_k(frame.top_k) {
-        Err(e) => Err(e),
-        Ok(top) if frame.detect => analyze_frame(&state, &frame.model, image, top)
+    let inference = &state.inference;
+    let choice = choice(frame.model, 0);
+    let images = vec![Bytes::from(frame.image)];
+    let result = if frame.detect {
+        inference
+            .analyze(&choice, images, frame.top_k, AnalyzeOverrides::default())
             .await
-            .map(|(model, version, faces)| (model, version, None, faces)),
-        Ok(top) => classify_images(&state, &frame.model, 0, vec![image], top)
+            .map(|mut a| {
+                let faces = a.images.pop().map(|i| i.faces).unwrap_or_default();
+                (a.model, None, faces.into_iter().map(face).collect())
+            })
+    } else {
+        inference
+            .classify(&choice, images, frame.top_k)
             .await
-            .map(|(model, version, mut p)| (model, version, p.pop().map(prediction), Vec::new())),
+            .map(|mut c| (c.model, c.predictions.pop().map(prediction), Vec::new()))
     };
     let mut out = pb::FrameResult {
         index: frame.index,
@@ -125,9 +80,9 @@ async fn frame_result(state: AppState, frame: pb::Frame) -> pb::FrameResult {
         ..Default::default()
     };
     match observe(&state, "StreamFrames.frame", started, result) {
-        Ok((model, version, prediction, faces)) => {
-            out.model = model;
-            out.version = version;
+        Ok((model, prediction, faces)) => {
+            out.model = model.name;
+            out.version = model.version;
             out.prediction = prediction;
             out.faces = faces;
         }
@@ -147,15 +102,16 @@ impl Fer for FerService {
         let started = Instant::now();
         let r = request.into_inner();
         let images = r.images.into_iter().map(Bytes::from).collect();
-        let result = match check_top_k(r.top_k) {
-            Ok(top) => classify_images(&self.state, &r.model, r.version, images, top).await,
-            Err(e) => Err(e),
-        };
-        let (model, version, predictions) = observe(&self.state, "Classify", started, result)?;
+        let result = self
+            .state
+            .inference
+            .classify(&choice(r.model, r.version), images, r.top_k)
+            .await;
+        let classified = observe(&self.state, "Classify", started, result)?;
         Ok(Response::new(pb::ClassifyResponse {
-            model,
-            version,
-            results: predictions.into_iter().map(prediction).collect(),
+            model: classified.model.name,
+            version: classified.model.version,
+            results: classified.predictions.into_iter().map(prediction).collect(),
         }))
     }
 

@@ -1,7 +1,7 @@
 //! `inference.GRPCInferenceService`: the Open Inference Protocol over gRPC, as tritonclient speaks
-//! it. Inference goes through the same code as the REST `/v2/.../infer`: a gRPC request becomes
-//! the REST request's JSON header plus binary section (`raw_input_contents` as they are, typed
-//! `contents` serialised), and the response's binary section becomes `raw_output_contents`.
+//! it. A request is translated to the core's tensors (`raw_input_contents` or typed `contents`)
+//! and runs through the same `Inference::infer_tensors` as the REST `/v2/.../infer`; every output
+//! comes back in `raw_output_contents`.
 
 use std::pin::Pin;
 use std::time::Instant;
@@ -9,41 +9,49 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::Stream;
 use futures::StreamExt;
-use serde_json::{Map, Value, json};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::observe;
 use super::proto::inference as pb;
 use super::proto::inference::grpc_inference_service_server::GrpcInferenceService;
+use crate::core::inference::ModelChoice;
+use crate::core::tensors::{
+    self, InputTensor, OutputRequest, TensorData, TensorRequest, TensorSpec, unsupported_datatype,
+};
 use crate::error::Error;
-use crate::http::kserve::binary::encode_elements;
-use crate::http::kserve::infer::{IMAGE_INPUT, PROBABILITIES_OUTPUT, infer};
-use crate::http::kserve::parse_version;
-use crate::http::kserve::types::{InferInput, InferRequest, RequestedOutput};
 use crate::state::AppState;
 
 pub struct InferenceService {
     pub state: AppState,
 }
 
-fn parameter(p: &pb::InferParameter) -> Value {
+/// The `classification` parameter of a requested output: its `k`, 0 meaning none as in Triton.
+fn classification(
+    output: &str,
+    parameters: &std::collections::HashMap<String, pb::InferParameter>,
+) -> Result<Option<usize>, Error> {
     use pb::infer_parameter::ParameterChoice;
-    match &p.parameter_choice {
-        Some(ParameterChoice::BoolParam(b)) => json!(b),
-        Some(ParameterChoice::Int64Param(i)) => json!(i),
-        Some(ParameterChoice::StringParam(s)) => json!(s),
-        Some(ParameterChoice::DoubleParam(d)) => json!(d),
-        Some(ParameterChoice::Uint64Param(u)) => json!(u),
-        None => Value::Null,
+    let k = match parameters
+        .get("classification")
+        .map(|p| &p.parameter_choice)
+    {
+        None => return Ok(None),
+        Some(Some(ParameterChoice::Int64Param(k))) => u64::try_from(*k).ok(),
+        Some(Some(ParameterChoice::Uint64Param(k))) => Some(*k),
+        Some(_) => None,
+    };
+    match k {
+        Some(0) => Ok(None),
+        Some(k) => Ok(Some(k as usize)),
+        None => Err(Error::InvalidTensor(format!(
+            "output {output:?}: classification must be a non-negative integer"
+        ))),
     }
 }
 
-fn parameters(map: &std::collections::HashMap<String, pb::InferParameter>) -> Map<String, Value> {
-    map.iter().map(|(k, v)| (k.clone(), parameter(v))).collect()
-}
-
-/// The gRPC request as the REST request's JSON header and binary section.
-fn to_rest(request: pb::ModelInferRequest) -> Result<(InferRequest, Bytes), Error> {
+/// The gRPC request as the core's tensors: each input's data from `raw_input_contents` (the
+/// protocol's binary layout) or its typed `contents`.
+fn to_tensors(request: pb::ModelInferRequest) -> Result<TensorRequest, Error> {
     let raw = request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
         return Err(Error::InvalidTensor(format!(
@@ -52,100 +60,80 @@ fn to_rest(request: pb::ModelInferRequest) -> Result<(InferRequest, Bytes), Erro
             request.inputs.len()
         )));
     }
-    let mut binary = Vec::new();
-    let mut inputs = Vec::with_capacity(request.inputs.len());
-    for (i, input) in request.inputs.into_iter().enumerate() {
-        let bytes: Option<Vec<u8>> = if let Some(r) = raw.get(i) {
-            Some(r.clone())
-        } else if let Some(c) = &input.contents {
-            if !c.fp32_contents.is_empty() {
-                Some(
-                    c.fp32_contents
-                        .iter()
-                        .flat_map(|v| v.to_le_bytes())
-                        .collect(),
-                )
-            } else if !c.bytes_contents.is_empty() {
-                Some(encode_elements(c.bytes_contents.iter().map(Vec::as_slice)))
-            } else {
-                None
-            }
-        } else {
-            None
-        };
-        let mut params = parameters(&input.parameters);
-        if let Some(bytes) = &bytes {
-            params.insert("binary_data_size".into(), json!(bytes.len()));
-            binary.extend_from_slice(bytes);
-        }
-        inputs.push(InferInput {
-            name: input.name,
-            shape: input.shape,
-            datatype: input.datatype,
-            parameters: params,
-            data: None,
-        });
-    }
-    let outputs = (!request.outputs.is_empty()).then(|| {
-        request
-            .outputs
-            .into_iter()
-            .map(|o| {
-                let mut params = parameters(&o.parameters);
-                params.insert("binary_data".into(), json!(true));
-                RequestedOutput {
-                    name: o.name,
-                    parameters: params,
+    let inputs = request
+        .inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, input)| {
+            let data = match (raw.get(i), input.contents) {
+                (Some(bytes), _) => {
+                    TensorData::from_raw(&input.datatype, &Bytes::from(bytes.clone()), &input.name)?
                 }
+                (None, Some(c)) => match input.datatype.as_str() {
+                    "FP32" => TensorData::Fp32(c.fp32_contents),
+                    "BYTES" => {
+                        TensorData::Bytes(c.bytes_contents.into_iter().map(Bytes::from).collect())
+                    }
+                    other => return Err(unsupported_datatype(&input.name, other)),
+                },
+                (None, None) => {
+                    return Err(Error::InvalidTensor(format!(
+                        "input {:?} has neither contents nor raw_input_contents",
+                        input.name
+                    )));
+                }
+            };
+            Ok(InputTensor {
+                name: input.name,
+                shape: input.shape,
+                data,
             })
-            .collect()
-    });
-    let mut params = parameters(&request.parameters);
-    params.insert("binary_data_output".into(), json!(true));
-    Ok((
-        InferRequest {
-            id: (!request.id.is_empty()).then_some(request.id),
-            parameters: params,
-            inputs,
-            outputs,
-        },
-        Bytes::from(binary),
-    ))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = (!request.outputs.is_empty())
+        .then(|| {
+            request
+                .outputs
+                .into_iter()
+                .map(|o| {
+                    Ok(OutputRequest {
+                        classification: classification(&o.name, &o.parameters)?,
+                        name: o.name,
+                    })
+                })
+                .collect::<Result<Vec<_>, Error>>()
+        })
+        .transpose()?;
+    Ok(TensorRequest { inputs, outputs })
 }
 
+/// One inference, answered with every output in `raw_output_contents`, as tritonclient reads it.
 async fn model_infer(
     state: &AppState,
     request: pb::ModelInferRequest,
 ) -> Result<pb::ModelInferResponse, Error> {
-    let version = parse_version(&request.model_version)?;
-    let model = state.registry.resolve(&request.model_name, version)?;
-    let (rest, binary) = to_rest(request)?;
-    let work = infer(&model, rest, binary, state.limits, &state.metrics);
-    let outcome = state.admit(work).await?;
-    let mut offset = 0usize;
-    let mut outputs = Vec::new();
-    let mut raw = Vec::new();
-    for output in outcome.header.outputs {
-        let size = output
-            .parameters
-            .get("binary_data_size")
-            .and_then(Value::as_u64)
-            .unwrap_or(0) as usize;
-        let end = (offset + size).min(outcome.binary.len());
-        raw.push(outcome.binary[offset..end].to_vec());
-        offset = end;
-        outputs.push(pb::model_infer_response::InferOutputTensor {
-            name: output.name,
-            datatype: output.datatype,
-            shape: output.shape.iter().map(|d| *d as i64).collect(),
-            parameters: Default::default(),
-            contents: None,
-        });
-    }
+    let choice = ModelChoice::from_protocol(&request.model_name, &request.model_version)?;
+    let id = request.id.clone();
+    let tensors = to_tensors(request)?;
+    let inferred = state.inference.infer_tensors(&choice, tensors).await?;
+    let (outputs, raw) = inferred
+        .outputs
+        .into_iter()
+        .map(|output| {
+            let tensor = pb::model_infer_response::InferOutputTensor {
+                name: output.name,
+                datatype: output.data.datatype().into(),
+                shape: output.shape.iter().map(|d| *d as i64).collect(),
+                parameters: Default::default(),
+                contents: None,
+            };
+            (tensor, output.data.to_raw())
+        })
+        .unzip();
     Ok(pb::ModelInferResponse {
-        model_name: outcome.header.model_name,
-        model_version: outcome.header.model_version,
-        id: outcome.header.id.unwrap_or_default(),
+        model_name: inferred.model.name,
+        model_version: inferred.model.version.to_string(),
+        id,
         parameters: Default::default(),
         outputs,
         raw_output_contents: raw,
@@ -168,7 +156,7 @@ impl GrpcInferenceService for InferenceService {
         _: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
         let state = &self.state;
-        let ready = state.readiness().is_ok();
+        let ready = state.inference.readiness().is_ok();
         Ok(Response::new(pb::ServerReadyResponse { ready }))
     }
 
@@ -178,8 +166,8 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let started = Instant::now();
         let r = request.into_inner();
-        let result = parse_version(&r.version)
-            .map(|version| self.state.registry.resolve(&r.name, version).is_ok());
+        let result = ModelChoice::from_protocol(&r.name, &r.version)
+            .map(|choice| self.state.inference.resolve(&choice).is_ok());
         let ready = observe(&self.state, "ModelReady", started, result)?;
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
@@ -203,43 +191,23 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let started = Instant::now();
         let r = request.into_inner();
-        let result = (|| {
-            let model = self
-                .state
-                .registry
-                .resolve(&r.name, parse_version(&r.version)?)?;
-            let m = &model.manifest;
-            let tensor = |name: &str, datatype: &str, shape: Vec<i64>| {
-                pb::model_metadata_response::TensorMetadata {
-                    name: name.to_string(),
-                    datatype: datatype.to_string(),
-                    shape,
+        let result = ModelChoice::from_protocol(&r.name, &r.version)
+            .and_then(|choice| self.state.inference.resolve(&choice))
+            .map(|model| {
+                let (inputs, outputs) = tensors::model_tensors(&model);
+                let spec = |t: TensorSpec| pb::model_metadata_response::TensorMetadata {
+                    name: t.name,
+                    datatype: t.datatype.into(),
+                    shape: t.shape,
+                };
+                pb::ModelMetadataResponse {
+                    name: model.manifest.name.clone(),
+                    versions: vec![model.manifest.version.to_string()],
+                    platform: "onnxruntime_onnx".into(),
+                    inputs: inputs.into_iter().map(spec).collect(),
+                    outputs: outputs.into_iter().map(spec).collect(),
                 }
-            };
-            let classes = m.labels.len() as i64;
-            Ok(pb::ModelMetadataResponse {
-                name: m.name.clone(),
-                versions: vec![m.version.to_string()],
-                platform: "onnxruntime_onnx".into(),
-                inputs: vec![
-                    tensor(
-                        &m.input.name,
-                        "FP32",
-                        vec![
-                            -1,
-                            m.input.channels.count() as i64,
-                            m.input.height as i64,
-                            m.input.width as i64,
-                        ],
-                    ),
-                    tensor(IMAGE_INPUT, "BYTES", vec![-1]),
-                ],
-                outputs: vec![
-                    tensor(&m.output.name, "FP32", vec![-1, classes]),
-                    tensor(PROBABILITIES_OUTPUT, "FP32", vec![-1, classes]),
-                ],
-            })
-        })();
+            });
         Ok(Response::new(observe(
             &self.state,
             "ModelMetadata",
@@ -282,7 +250,7 @@ impl GrpcInferenceService for InferenceService {
                             infer_response: Some(r),
                         },
                         Err(e) => {
-                            state.metrics.fail(e.code());
+                            state.inference.metrics().fail(e.code());
                             pb::ModelStreamInferResponse {
                                 error_message: e.to_string(),
                                 infer_response: None,
@@ -319,9 +287,8 @@ mod tests {
     }
 
     #[test]
-    fn typed_contents_become_the_binary_section_in_input_order() {
-        let request = pb::ModelInferRequest {
-            model_name: "m".into(),
+    fn typed_and_raw_contents_become_the_same_tensors() {
+        let typed = pb::ModelInferRequest {
             inputs: vec![
                 input(
                     "x",
@@ -339,34 +306,66 @@ mod tests {
                         ..Default::default()
                     }),
                 ),
-                input("empty", "FP32", None),
             ],
-            id: "7".into(),
             ..Default::default()
         };
-        let (rest, binary) = to_rest(request).unwrap();
-        assert_eq!(rest.id.as_deref(), Some("7"));
-        assert_eq!(rest.parameters["binary_data_output"], json!(true));
-        let sizes: Vec<Option<u64>> = rest
-            .inputs
-            .iter()
-            .map(|i| i.parameters.get("binary_data_size").and_then(Value::as_u64))
-            .collect();
-        assert_eq!(sizes, [Some(8), Some(4 + 2 + 4 + 1), None]);
-        let mut want = Vec::new();
-        want.extend(1.0f32.to_le_bytes());
-        want.extend((-2.5f32).to_le_bytes());
-        want.extend(encode_elements([b"ab".as_slice(), b"c"]));
-        assert_eq!(&binary[..], &want[..]);
+        let raw = pb::ModelInferRequest {
+            inputs: vec![input("x", "FP32", None), input("image", "BYTES", None)],
+            raw_input_contents: to_tensors(typed.clone())
+                .unwrap()
+                .inputs
+                .iter()
+                .map(|i| i.data.to_raw())
+                .collect(),
+            ..Default::default()
+        };
+        for request in [typed, raw] {
+            let tensors = to_tensors(request).unwrap();
+            assert_eq!(tensors.inputs[0].data, TensorData::Fp32(vec![1.0, -2.5]));
+            assert_eq!(
+                tensors.inputs[1].data,
+                TensorData::Bytes(vec![Bytes::from_static(b"ab"), Bytes::from_static(b"c")])
+            );
+            assert!(tensors.outputs.is_none());
+        }
     }
 
     #[test]
-    fn raw_contents_must_match_the_inputs() {
+    fn raw_contents_must_match_the_inputs_and_data_must_be_there() {
         let request = pb::ModelInferRequest {
             inputs: vec![input("x", "FP32", None), input("y", "FP32", None)],
             raw_input_contents: vec![vec![0; 4]],
             ..Default::default()
         };
-        assert!(matches!(to_rest(request), Err(Error::InvalidTensor(_))));
+        assert!(matches!(to_tensors(request), Err(Error::InvalidTensor(_))));
+        let empty = pb::ModelInferRequest {
+            inputs: vec![input("x", "FP32", None)],
+            ..Default::default()
+        };
+        assert!(matches!(to_tensors(empty), Err(Error::InvalidTensor(m)) if m.contains("neither")));
+    }
+
+    #[test]
+    fn classification_is_a_non_negative_integer() {
+        use pb::infer_parameter::ParameterChoice;
+        let with = |choice| {
+            std::collections::HashMap::from([(
+                "classification".to_string(),
+                pb::InferParameter {
+                    parameter_choice: Some(choice),
+                },
+            )])
+        };
+        assert_eq!(classification("o", &Default::default()).unwrap(), None);
+        assert_eq!(
+            classification("o", &with(ParameterChoice::Int64Param(3))).unwrap(),
+            Some(3)
+        );
+        assert_eq!(
+            classification("o", &with(ParameterChoice::Uint64Param(0))).unwrap(),
+            None
+        );
+        assert!(classification("o", &with(ParameterChoice::Int64Param(-1))).is_err());
+        assert!(classification("o", &with(ParameterChoice::StringParam("2".into()))).is_err());
     }
 }

@@ -43,14 +43,20 @@ pub fn observe<T>(
     };
     let code = format!("{code:?}");
     let labels = [method, code.as_str()];
-    state.metrics.grpc_requests.with_label_values(&labels).inc();
     state
-        .metrics
+        .inference
+        .metrics()
+        .grpc_requests
+        .with_label_values(&labels)
+        .inc();
+    state
+        .inference
+        .metrics()
         .grpc_duration
         .with_label_values(&labels)
         .observe(started.elapsed().as_secs_f64());
     result.map_err(|e| {
-        state.metrics.fail(e.code());
+        state.inference.metrics().fail(e.code());
         status(e)
     })
 }

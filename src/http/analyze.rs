@@ -2,7 +2,6 @@
 //! and expression.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -10,9 +9,8 @@ use axum::extract::{Query, Request, State};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::backend::detector::DetectOptions;
-use crate::core::analyze::{self, AnalyzeOptions};
-use crate::core::classify;
+use crate::core::analyze::{Analysis, Face};
+use crate::core::inference::{AnalyzeOverrides, ModelChoice};
 use crate::error::Error;
 use crate::http::AppState;
 use crate::http::classify::{ModelRef, read_images};
@@ -135,75 +133,64 @@ pub async fn analyze_handler(
     query: Result<Query<AnalyzeQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Json<AnalyzeResponse>, Error> {
-    let started = Instant::now();
     let Query(query) =
         query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
-    let top_k = classify::check_top_k(query.top_k)?;
-    let detectors = state
-        .detectors
-        .clone()
-        .ok_or(Error::DetectorNotConfigured)?;
-    let name = query.model.as_deref().unwrap_or(&state.default_model);
-    let model = state.registry.resolve(name, query.version)?;
-    let defaults = detectors.defaults;
-    let options = AnalyzeOptions {
-        detect: DetectOptions {
-            score_threshold: query
-                .score_threshold
-                .unwrap_or(defaults.detect.score_threshold),
-            nms_iou: defaults.detect.nms_iou,
-            min_face: query.min_face_size.unwrap_or(defaults.detect.min_face),
-        },
-        margin: query.margin.unwrap_or(defaults.margin),
-        align: query.align.unwrap_or(defaults.align),
+    let choice = ModelChoice {
+        name: query.model,
+        version: query.version,
     };
-    let valid = |v: f32, range: std::ops::RangeInclusive<f32>| v.is_finite() && range.contains(&v);
-    if !valid(options.detect.score_threshold, 0.0..=1.0)
-        || !valid(options.detect.min_face, 0.0..=1e6)
-        || !valid(options.margin, fer_contract::detect::MIN_FACE_MARGIN..=2.0)
-    {
-        return Err(Error::BadRequest(
-            "score_threshold must be in [0, 1], min_face_size ≥ 0, margin in [-0.25, 2]".into(),
-        ));
-    }
-    let images = read_images(state.limits, request).await?;
-    state.limits.check_image_count(images.len())?;
-    let analyses =
-        analyze::analyze(&detectors, &model, images, options, top_k, &state.metrics).await?;
-    state
-        .metrics
-        .stage_duration
-        .with_label_values(&[model.manifest.name.as_str(), "total"])
-        .observe(started.elapsed().as_secs_f64());
+    let overrides = AnalyzeOverrides {
+        score_threshold: query.score_threshold,
+        min_face_size: query.min_face_size,
+        margin: query.margin,
+        align: query.align,
+    };
+    let images = read_images(
+        state.limits.body_limit,
+        state.inference.max_images(),
+        request,
+    )
+    .await?;
+    let analyzed = state
+        .inference
+        .analyze(&choice, images, query.top_k, overrides)
+        .await?;
     Ok(Json(AnalyzeResponse {
-        model: ModelRef {
-            name: model.manifest.name.clone(),
-            version: model.manifest.version,
-        },
-        detector: detectors.name.clone(),
-        results: analyses
+        model: analyzed.model.into(),
+        detector: analyzed.detector,
+        results: analyzed
+            .images
             .into_iter()
-            .map(|a| AnalyzedImage {
-                width: a.width,
-                height: a.height,
-                faces: a
-                    .faces
-                    .into_iter()
-                    .map(|f| AnalyzedFace {
-                        bbox: FaceBox {
-                            x: f.detection.x0,
-                            y: f.detection.y0,
-                            width: f.detection.x1 - f.detection.x0,
-                            height: f.detection.y1 - f.detection.y0,
-                        },
-                        score: f.detection.score,
-                        landmarks: f.detection.landmarks.map(|marks| marks.to_vec()),
-                        label: f.prediction.label,
-                        confidence: f.prediction.confidence,
-                        scores: f.prediction.scores.into_iter().collect(),
-                    })
-                    .collect(),
-            })
+            .map(AnalyzedImage::from)
             .collect(),
     }))
+}
+
+impl From<Analysis> for AnalyzedImage {
+    fn from(a: Analysis) -> Self {
+        Self {
+            width: a.width,
+            height: a.height,
+            faces: a.faces.into_iter().map(AnalyzedFace::from).collect(),
+        }
+    }
+}
+
+impl From<Face> for AnalyzedFace {
+    fn from(f: Face) -> Self {
+        let d = f.detection;
+        Self {
+            bbox: FaceBox {
+                x: d.x0,
+                y: d.y0,
+                width: d.x1 - d.x0,
+                height: d.y1 - d.y0,
+            },
+            score: d.score,
+            landmarks: d.landmarks.map(|marks| marks.to_vec()),
+            label: f.prediction.label,
+            confidence: f.prediction.confidence,
+            scores: f.prediction.scores.into_iter().collect(),
+        }
+    }
 }

@@ -1,7 +1,6 @@
 //! `POST /v1/classify`: face crops in (raw image, multipart, or JSON base64), predictions out.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use axum::Json;
 use axum::body::Body;
@@ -13,9 +12,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::core::classify;
+use crate::core::classify::Prediction;
+use crate::core::inference::{ModelChoice, ModelId};
 use crate::error::Error;
-use crate::http::{AppState, Limits};
+use crate::http::AppState;
 
 /// Query parameters; an unknown one is a 400 (a misspelt `top_k` would otherwise be ignored).
 #[derive(Debug, Deserialize, IntoParams)]
@@ -134,40 +134,58 @@ pub async fn classify_handler(
     query: Result<Query<ClassifyQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Json<ClassifyResponse>, Error> {
-    let started = Instant::now();
     let Query(query) =
         query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
-    let top_k = classify::check_top_k(query.top_k)?;
-    let name = query.model.as_deref().unwrap_or(&state.default_model);
-    let model = state.registry.resolve(name, query.version)?;
-    let images = read_images(state.limits, request).await?;
-    state.limits.check_image_count(images.len())?;
-    let pixels = classify::decode_all(&model, images, &state.metrics).await?;
-    let predictions = classify::classify(&model, pixels, top_k, &state.metrics).await?;
-    state
-        .metrics
-        .stage_duration
-        .with_label_values(&[model.manifest.name.as_str(), "total"])
-        .observe(started.elapsed().as_secs_f64());
+    let choice = ModelChoice {
+        name: query.model,
+        version: query.version,
+    };
+    let images = read_images(
+        state.limits.body_limit,
+        state.inference.max_images(),
+        request,
+    )
+    .await?;
+    let classified = state
+        .inference
+        .classify(&choice, images, query.top_k)
+        .await?;
     Ok(Json(ClassifyResponse {
-        model: ModelRef {
-            name: model.manifest.name.clone(),
-            version: model.manifest.version,
-        },
-        results: predictions
+        model: classified.model.into(),
+        results: classified
+            .predictions
             .into_iter()
-            .map(|p| ClassifyResult {
-                label: p.label,
-                confidence: p.confidence,
-                scores: p.scores.into_iter().collect(),
-            })
+            .map(ClassifyResult::from)
             .collect(),
     }))
 }
 
-/// The encoded images of a request, by content type.
-/// The request parser: a raw image, multipart `image` parts, or JSON base64, within `limits`.
-pub async fn read_images(limits: Limits, request: Request) -> Result<Vec<Bytes>, Error> {
+impl From<ModelId> for ModelRef {
+    fn from(model: ModelId) -> Self {
+        Self {
+            name: model.name,
+            version: model.version,
+        }
+    }
+}
+
+impl From<Prediction> for ClassifyResult {
+    fn from(p: Prediction) -> Self {
+        Self {
+            label: p.label,
+            confidence: p.confidence,
+            scores: p.scores.into_iter().collect(),
+        }
+    }
+}
+
+/// The encoded images of a request, by content type: a raw image, multipart `image` parts, or
+/// JSON base64, within the body limit and `--max-images`.
+pub async fn read_images(
+    limit: usize,
+    max_images: usize,
+    request: Request,
+) -> Result<Vec<Bytes>, Error> {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -180,19 +198,18 @@ pub async fn read_images(limits: Limits, request: Request) -> Result<Vec<Bytes>,
         .unwrap_or("")
         .trim()
         .to_string();
-    let limit = limits.body_limit;
     if essence.starts_with("image/") || essence == "application/octet-stream" {
         Ok(vec![read_body(request.into_body(), limit).await?])
     } else if essence == "multipart/form-data" {
-        read_multipart(limits, request).await
+        read_multipart(limit, max_images, request).await
     } else if essence == "application/json" {
         let body = read_body(request.into_body(), limit).await?;
         let json: ClassifyJson = serde_json::from_slice(&body)
             .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))?;
-        if json.images.len() > limits.max_images {
+        if json.images.len() > max_images {
             return Err(Error::TooManyImages {
                 count: json.images.len(),
-                limit: limits.max_images,
+                limit: max_images,
             });
         }
         json.images
@@ -210,7 +227,12 @@ pub async fn read_images(limits: Limits, request: Request) -> Result<Vec<Bytes>,
             })
             .collect()
     } else if essence.is_empty() {
-        Err(Error::UnsupportedMediaType("(none)".into()))
+        // Nothing sent is a request without an image; bytes of no declared type are a 415.
+        if read_body(request.into_body(), limit).await?.is_empty() {
+            Err(Error::BadRequest("the request holds no image".into()))
+        } else {
+            Err(Error::UnsupportedMediaType("(none)".into()))
+        }
     } else {
         Err(Error::UnsupportedMediaType(essence))
     }
@@ -233,8 +255,11 @@ fn body_error(error: &(dyn std::error::Error + 'static), limit: usize) -> Error 
     Error::BadRequest(format!("cannot read the request body: {error}"))
 }
 
-async fn read_multipart(limits: Limits, request: Request) -> Result<Vec<Bytes>, Error> {
-    let limit = limits.body_limit;
+async fn read_multipart(
+    limit: usize,
+    max_images: usize,
+    request: Request,
+) -> Result<Vec<Bytes>, Error> {
     let mut multipart = Multipart::from_request(request, &())
         .await
         .map_err(|e| Error::BadRequest(format!("invalid multipart body: {}", e.body_text())))?;
@@ -259,10 +284,10 @@ async fn read_multipart(limits: Limits, request: Request) -> Result<Vec<Bytes>, 
                 "unexpected multipart field {name:?}: send each image as a part named \"image\""
             )));
         }
-        if images.len() == limits.max_images {
+        if images.len() == max_images {
             return Err(Error::TooManyImages {
                 count: images.len() + 1,
-                limit: limits.max_images,
+                limit: max_images,
             });
         }
         let bytes = field.bytes().await.map_err(|e| {

@@ -23,7 +23,7 @@ pub async fn healthz() -> &'static str {
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.readiness() {
+    match state.inference.readiness() {
         Ok(()) => (StatusCode::OK, "ready".to_string()),
         Err(crate::error::Error::ShuttingDown) => {
             (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string())
@@ -37,6 +37,6 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.encode(),
+        state.inference.metrics().encode(),
     )
 }

@@ -1,6 +1,5 @@
 //! HTTP transport: routes, state, middleware. Handlers only translate wire format ⇄ core types.
 
-pub mod admission;
 pub mod analyze;
 pub mod auth;
 pub mod classify;
@@ -12,6 +11,7 @@ pub mod kserve;
 pub mod models;
 pub mod openapi;
 pub mod page;
+pub mod receive;
 pub mod repository;
 
 use std::time::Instant;
@@ -52,7 +52,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            admission::admit,
+            receive::whole_body,
         ));
     let api = keyed(
         inference
@@ -168,14 +168,20 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
     }
     let status = response.status().as_u16().to_string();
     let labels = [route.as_str(), method.as_str(), status.as_str()];
-    state.metrics.http_requests.with_label_values(&labels).inc();
     state
-        .metrics
+        .inference
+        .metrics()
+        .http_requests
+        .with_label_values(&labels)
+        .inc();
+    state
+        .inference
+        .metrics()
         .http_duration
         .with_label_values(&labels)
         .observe(started.elapsed().as_secs_f64());
     if let Some(reason) = response.extensions().get::<error::FailureReason>() {
-        state.metrics.fail(reason.0);
+        state.inference.metrics().fail(reason.0);
     }
     response
 }

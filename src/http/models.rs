@@ -48,7 +48,8 @@ pub struct ModelVersionInfo {
 )]
 pub async fn list_models(State(state): State<AppState>) -> Json<ModelsResponse> {
     let models = state
-        .registry
+        .inference
+        .registry()
         .models()
         .into_iter()
         .map(|(name, version, entry)| {
@@ -80,7 +81,7 @@ pub async fn list_models(State(state): State<AppState>) -> Json<ModelsResponse> 
         })
         .collect();
     Json(ModelsResponse {
-        default_model: state.default_model.to_string(),
+        default_model: state.inference.default_model().to_string(),
         models,
     })
 }

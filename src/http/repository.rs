@@ -96,7 +96,7 @@ pub async fn index(
     body: Bytes,
 ) -> Result<Json<Vec<IndexEntry>>, Error> {
     let request: IndexRequest = parse_body(&body)?;
-    let entries = blocking(&state.registry, ModelRegistry::index).await?;
+    let entries = blocking(state.inference.registry(), ModelRegistry::index).await?;
     Ok(Json(
         entries
             .into_iter()
@@ -136,9 +136,9 @@ pub async fn load(
     let body = read_body(request.into_body(), state.limits.body_limit).await?;
     control_request(&body)?;
     let name = model.clone();
-    blocking(&state.registry, move |r| r.load_model(&name)).await?;
+    blocking(state.inference.registry(), move |r| r.load_model(&name)).await?;
     Ok(Json(ModelControlResponse {
-        ready_versions: state.registry.ready_versions(&model),
+        ready_versions: state.inference.registry().ready_versions(&model),
         name: model,
     }))
 }
@@ -167,7 +167,7 @@ pub async fn unload(
     let body = read_body(request.into_body(), state.limits.body_limit).await?;
     control_request(&body)?;
     let name = model.clone();
-    blocking(&state.registry, move |r| r.unload_model(&name)).await?;
+    blocking(state.inference.registry(), move |r| r.unload_model(&name)).await?;
     Ok(Json(ModelControlResponse {
         ready_versions: Vec::new(),
         name: model,

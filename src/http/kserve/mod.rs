@@ -8,7 +8,6 @@ pub mod infer;
 pub mod types;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
@@ -16,12 +15,13 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use self::infer::{IMAGE_INPUT, PROBABILITIES_OUTPUT};
 use self::types::{
     ConfigTensor, DynamicBatching, InferRequest, LiveResponse, ModelConfig, ModelMetadata,
     ModelReadyResponse, ReadyResponse, ServerMetadata, TensorMetadata, V2ErrorBody,
 };
+use crate::core::inference::ModelChoice;
 use crate::core::registry::LoadedModel;
+use crate::core::tensors::{self, IMAGE_INPUT, PROBABILITIES_OUTPUT, TensorSpec};
 use crate::error::Error;
 use crate::http::AppState;
 use crate::http::classify::read_body;
@@ -51,16 +51,6 @@ type V2Result<T> = Result<T, V2Error>;
 /// The protocol's "false" for health and readiness: a 4xx with the reason.
 fn not_ready(reason: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(V2ErrorBody { error: reason })).into_response()
-}
-
-/// A protocol model version: a number, or empty for the newest ready one (REST and gRPC).
-pub fn parse_version(text: &str) -> Result<Option<u64>, Error> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    text.parse()
-        .map(Some)
-        .map_err(|_| Error::BadRequest(format!("model version {text:?} is not a number")))
 }
 
 fn path<T>(path: Result<Path<T>, PathRejection>) -> Result<T, Error> {
@@ -97,50 +87,31 @@ pub async fn live() -> Json<LiveResponse> {
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    match state.readiness() {
+    match state.inference.readiness() {
         Ok(()) => Json(ReadyResponse { ready: true }).into_response(),
         Err(e) => not_ready(e.to_string()),
     }
 }
 
 fn metadata(model: &LoadedModel, versions: Vec<String>) -> ModelMetadata {
-    let m = &model.manifest;
-    let classes = m.labels.len() as i64;
+    let (inputs, outputs) = tensors::model_tensors(model);
+    let spec = |t: TensorSpec| TensorMetadata {
+        name: t.name,
+        datatype: t.datatype.into(),
+        shape: t.shape,
+    };
     ModelMetadata {
-        name: m.name.clone(),
+        name: model.manifest.name.clone(),
         versions,
         platform: "onnxruntime_onnx".into(),
-        inputs: vec![
-            TensorMetadata {
-                name: m.input.name.clone(),
-                datatype: "FP32".into(),
-                shape: vec![
-                    -1,
-                    m.input.channels.count() as i64,
-                    m.input.height as i64,
-                    m.input.width as i64,
-                ],
-            },
-            TensorMetadata {
-                name: IMAGE_INPUT.into(),
-                datatype: "BYTES".into(),
-                shape: vec![-1],
-            },
-        ],
-        outputs: [m.output.name.as_str(), PROBABILITIES_OUTPUT]
-            .iter()
-            .map(|name| TensorMetadata {
-                name: name.to_string(),
-                datatype: "FP32".into(),
-                shape: vec![-1, classes],
-            })
-            .collect(),
+        inputs: inputs.into_iter().map(spec).collect(),
+        outputs: outputs.into_iter().map(spec).collect(),
     }
 }
 
 fn resolve(state: &AppState, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, Error> {
-    let version = version.map(parse_version).transpose()?.flatten();
-    state.registry.resolve(name, version)
+    let choice = ModelChoice::from_protocol(name, version.unwrap_or(""))?;
+    state.inference.resolve(&choice)
 }
 
 /// Model metadata (the newest ready version).
@@ -161,7 +132,7 @@ pub async fn model_metadata(
 ) -> V2Result<Json<ModelMetadata>> {
     let name = path(model)?;
     let model = resolve(&state, &name, None)?;
-    let versions = state.registry.ready_versions(&name);
+    let versions = state.inference.registry().ready_versions(&name);
     Ok(Json(metadata(
         &model,
         versions.iter().map(u64::to_string).collect(),
@@ -265,7 +236,7 @@ pub async fn model_config(
         name: m.name.clone(),
         platform: "onnxruntime_onnx".into(),
         backend: "onnxruntime".into(),
-        max_batch_size: state.limits.max_images,
+        max_batch_size: state.inference.max_images(),
         input: vec![
             ConfigTensor {
                 name: m.input.name.clone(),
@@ -295,7 +266,8 @@ pub async fn model_config(
             .collect(),
         dynamic_batching: DynamicBatching {
             preferred_batch_size: vec![model.max_batch_size],
-            max_queue_delay_microseconds: state.registry.max_queue_delay().as_micros() as u64,
+            max_queue_delay_microseconds: state.inference.registry().max_queue_delay().as_micros()
+                as u64,
         },
     }))
 }
@@ -369,7 +341,6 @@ async fn run_infer(
     version: Option<&str>,
     request: Request,
 ) -> Result<Response, Error> {
-    let started = Instant::now();
     let header_length = match request.headers().get(binary::HEADER_LENGTH) {
         None => None,
         Some(v) => Some(
@@ -381,20 +352,17 @@ async fn run_infer(
                 })?,
         ),
     };
-    let model = resolve(state, name, version)?;
+    let choice = ModelChoice::from_protocol(name, version.unwrap_or(""))?;
     let body = read_body(request.into_body(), state.limits.body_limit).await?;
     let (json, tensors) = binary::split(body, header_length)?;
     let parsed: InferRequest = serde_json::from_slice(&json)
         .map_err(|e| Error::BadRequest(format!("invalid inference request JSON: {e}")))?;
-    let outcome = infer::infer(&model, parsed, tensors, state.limits, &state.metrics).await?;
-    state
-        .metrics
-        .stage_duration
-        .with_label_values(&[model.manifest.name.as_str(), "total"])
-        .observe(started.elapsed().as_secs_f64());
-    let header = serde_json::to_vec(&outcome.header)
-        .map_err(|e| Error::Inference(format!("encoding the response: {e}")))?;
-    if outcome.binary.is_empty() {
+    let id = parsed.id.clone();
+    let (request, encoding) = infer::to_tensors(parsed, tensors)?;
+    let inferred = state.inference.infer_tensors(&choice, request).await?;
+    let (header, binary_section) = infer::from_tensors(inferred, id, &encoding);
+    let header = serde_json::to_vec(&header).map_err(|_| Error::Internal)?;
+    if binary_section.is_empty() {
         return Ok((
             [(
                 header::CONTENT_TYPE,
@@ -406,7 +374,7 @@ async fn run_infer(
     }
     let header_len = header.len();
     let mut body = header;
-    body.extend_from_slice(&outcome.binary);
+    body.extend_from_slice(&binary_section);
     let mut response = (
         [(
             header::CONTENT_TYPE,

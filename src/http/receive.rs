@@ -1,7 +1,8 @@
-//! The admission rules (`core::admission`) as middleware for HTTP inference routes, applied once
-//! the request's body is in: a client that stalls mid-upload holds a connection, never one of
-//! the `--max-concurrent-requests` slots, and gets 408 after `--body-read-timeout-ms`. A
-//! `Content-Length` over the body limit is refused before anything is read.
+//! Inference routes get their whole body before the handler runs, so that the core admits a
+//! request (`core::inference`) only once its bytes are in: a client that stalls mid-upload holds
+//! a connection, never one of the `--max-concurrent-requests` slots, and gets 408 after
+//! `--body-read-timeout-ms`. A `Content-Length` over the body limit is refused before anything is
+//! read.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -16,27 +17,14 @@ use crate::http::classify::read_body;
 use crate::http::kserve::V2Error;
 
 /// Middleware for inference routes.
-pub async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    // The Open Inference Protocol's routes answer in its error shape.
-    let v2 = request.uri().path().starts_with("/v2/");
-    let respond = |error: Error| {
-        if v2 {
-            V2Error(error).into_response()
-        } else {
-            error.into_response()
-        }
-    };
-    if state.shutting_down() {
-        return respond(Error::ShuttingDown);
-    }
+pub async fn whole_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    let body = match receive(&state, &parts.headers, body).await {
-        Ok(body) => body,
-        Err(error) => return respond(error),
-    };
-    let request = Request::from_parts(parts, Body::from(body));
-    let work = async { Ok(next.run(request).await) };
-    state.admit(work).await.unwrap_or_else(respond)
+    match receive(&state, &parts.headers, body).await {
+        Ok(body) => next.run(Request::from_parts(parts, Body::from(body))).await,
+        // The Open Inference Protocol's routes answer in its error shape.
+        Err(error) if parts.uri.path().starts_with("/v2/") => V2Error(error).into_response(),
+        Err(error) => error.into_response(),
+    }
 }
 
 /// The whole body, within the size limit and the body-read timeout.
