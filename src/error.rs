@@ -1,6 +1,20 @@
 //! The server's one error type, mapped once to HTTP statuses and gRPC codes (here).
 
+use std::sync::Arc;
+
 use fer_contract::ImageError;
+
+use crate::backend::BackendError;
+
+/// Why inference failed on the server's side (a 500).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InferenceError {
+    #[error(transparent)]
+    Backend(Arc<BackendError>),
+    /// A worker pool the request needed is gone (the server is stopping).
+    #[error("the {0} stopped")]
+    Stopped(&'static str),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -29,7 +43,7 @@ pub enum Error {
     #[error("the inference queue is full; retry after {retry_after_secs} s")]
     QueueFull { retry_after_secs: u64 },
     #[error("inference failed: {0}")]
-    Inference(String),
+    Inference(#[from] InferenceError),
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("model {model:?} could not be loaded: {reason}")]
@@ -183,7 +197,7 @@ mod tests {
             Error::QueueFull {
                 retry_after_secs: 1,
             },
-            Error::Inference("x".into()),
+            Error::Inference(InferenceError::Stopped("decoder pool")),
             Error::ShuttingDown,
             Error::ModelLoadFailed {
                 model: "x".into(),

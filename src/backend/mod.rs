@@ -17,9 +17,15 @@ pub use provider::{ExecutionProvider, ProviderConfig};
 pub enum BackendError {
     #[error("{path}: cannot load the ONNX graph: {message}")]
     Load { path: String, message: String },
-    #[error("{path}: graph does not match its manifest: {message}")]
+    #[error("{path}: graph does not match its manifest: {source}")]
+    Graph {
+        path: String,
+        #[source]
+        source: fer_contract::onnx::GraphError,
+    },
+    #[error("{path}: detector graph does not match what its family needs: {message}")]
     Mismatch { path: String, message: String },
-    #[error("inference failed: {0}")]
+    #[error("running the graph: {0}")]
     Run(String),
     #[error(transparent)]
     Provider(#[from] provider::ProviderError),
@@ -65,10 +71,10 @@ impl OnnxSession {
             .map_err(|e| load_error(e.into()))?;
         let (mut builder, provider) = options.provider.register(builder)?;
         let session = builder.commit_from_file(path).map_err(load_error)?;
-        let shape = fer_contract::onnx::check_graph(&session, manifest).map_err(|message| {
-            BackendError::Mismatch {
+        let shape = fer_contract::onnx::check_graph(&session, manifest).map_err(|source| {
+            BackendError::Graph {
                 path: path.display().to_string(),
-                message,
+                source,
             }
         })?;
         Ok((

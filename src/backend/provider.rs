@@ -69,7 +69,23 @@ impl Default for ProviderConfig {
 )]
 pub struct ProviderError {
     pub requested: ExecutionProvider,
-    pub reason: String,
+    pub reason: Unavailable,
+}
+
+/// Why a GPU provider cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    #[error(
+        "this fer-server was built without the `{0}` cargo feature (cargo build --release --features {0})"
+    )]
+    NotBuilt(ExecutionProvider),
+    #[error(
+        "the loaded ONNX Runtime library has no {0} provider (use the onnxruntime-gpu wheel's library: scripts/setup-ort.sh --gpu)"
+    )]
+    NotInRuntime(ExecutionProvider),
+    /// ONNX Runtime could not tell, or refused to register it (no device, missing CUDA libraries).
+    #[error("{0}")]
+    Runtime(String),
 }
 
 impl ProviderConfig {
@@ -107,7 +123,7 @@ impl ProviderConfig {
         }
     }
 
-    fn fall_back(&self, reason: String) -> Result<ExecutionProvider, ProviderError> {
+    fn fall_back(&self, reason: Unavailable) -> Result<ExecutionProvider, ProviderError> {
         if self.allow_cpu_fallback {
             tracing::warn!(requested = %self.requested, %reason, "running on the CPU (--allow-cpu-fallback)");
             Ok(ExecutionProvider::Cpu)
@@ -121,7 +137,7 @@ impl ProviderConfig {
 
     /// Appends the GPU providers; the builder comes back either way (without them on failure).
     #[cfg(any(feature = "cuda", feature = "tensorrt"))]
-    fn append(&self, builder: SessionBuilder) -> (SessionBuilder, Result<(), String>) {
+    fn append(&self, builder: SessionBuilder) -> (SessionBuilder, Result<(), Unavailable>) {
         use ort::ep;
         let mut providers = Vec::new();
         #[cfg(feature = "tensorrt")]
@@ -147,39 +163,33 @@ impl ProviderConfig {
         match builder.with_execution_providers(providers) {
             Ok(builder) => (builder, Ok(())),
             Err(e) => {
-                let reason = e.to_string();
+                let reason = Unavailable::Runtime(e.to_string());
                 (e.recover(), Err(reason))
             }
         }
     }
 
     #[cfg(not(any(feature = "cuda", feature = "tensorrt")))]
-    fn append(&self, builder: SessionBuilder) -> (SessionBuilder, Result<(), String>) {
-        (builder, Err(built_without(self.requested)))
+    fn append(&self, builder: SessionBuilder) -> (SessionBuilder, Result<(), Unavailable>) {
+        (builder, Err(Unavailable::NotBuilt(self.requested)))
     }
 }
 
 /// Whether this build and the loaded ONNX Runtime library have a GPU provider.
-fn availability(provider: ExecutionProvider) -> Result<(), String> {
+fn availability(provider: ExecutionProvider) -> Result<(), Unavailable> {
     let compiled = match provider {
         ExecutionProvider::Cpu => return Ok(()),
         ExecutionProvider::Cuda => cfg!(feature = "cuda"),
         ExecutionProvider::Tensorrt => cfg!(feature = "tensorrt"),
     };
     if !compiled {
-        return Err(built_without(provider));
+        return Err(Unavailable::NotBuilt(provider));
     }
     runtime_has(provider)
 }
 
-fn built_without(provider: ExecutionProvider) -> String {
-    format!(
-        "this fer-server was built without the `{provider}` cargo feature (cargo build --release --features {provider})"
-    )
-}
-
 #[cfg(any(feature = "cuda", feature = "tensorrt"))]
-fn runtime_has(provider: ExecutionProvider) -> Result<(), String> {
+fn runtime_has(provider: ExecutionProvider) -> Result<(), Unavailable> {
     use ort::ep::ExecutionProvider as _;
     let available = match provider {
         #[cfg(feature = "cuda")]
@@ -188,19 +198,17 @@ fn runtime_has(provider: ExecutionProvider) -> Result<(), String> {
         ExecutionProvider::Tensorrt => ort::ep::TensorRT::is_available(),
         _ => Ok(false),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| Unavailable::Runtime(e.to_string()))?;
     if available {
         Ok(())
     } else {
-        Err(format!(
-            "the loaded ONNX Runtime library has no {provider} provider (use the onnxruntime-gpu wheel's library: scripts/setup-ort.sh --gpu)"
-        ))
+        Err(Unavailable::NotInRuntime(provider))
     }
 }
 
 #[cfg(not(any(feature = "cuda", feature = "tensorrt")))]
-fn runtime_has(provider: ExecutionProvider) -> Result<(), String> {
-    Err(built_without(provider))
+fn runtime_has(provider: ExecutionProvider) -> Result<(), Unavailable> {
+    Err(Unavailable::NotBuilt(provider))
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::backend::detector::{
 };
 use crate::core::classify::{self, Prediction};
 use crate::core::registry::LoadedModel;
-use crate::error::Error;
+use crate::error::{Error, InferenceError};
 use crate::metrics::Metrics;
 
 /// How detector sessions are loaded and what a request gets unless it asks otherwise.
@@ -144,10 +144,10 @@ impl DetectorPool {
         let mut detector = self
             .idle
             .recv()
-            .map_err(|_| Error::Inference("no face detector session".into()))?;
+            .map_err(|_| InferenceError::Stopped("face detector pool"))?;
         let found = detector.detect(&image, options);
         let _ = self.back.send(detector);
-        let faces = found.map_err(|e| Error::Inference(e.to_string()))?;
+        let faces = found.map_err(|e| InferenceError::Backend(Arc::new(e.into())))?;
         Ok((image, faces))
     }
 }

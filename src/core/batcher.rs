@@ -15,14 +15,22 @@ use fer_contract::{Pixels, Preprocessor};
 use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::oneshot;
 
+use crate::backend::BackendError;
+
 /// Runs one batch: `rows` images laid out NCHW in `input` → `rows × classes` scores in `output`.
 pub trait Engine: Send + 'static {
-    fn run(&mut self, input: &[f32], rows: usize, output: &mut Vec<f32>) -> Result<(), String>;
+    fn run(&mut self, input: &[f32], rows: usize, output: &mut Vec<f32>)
+    -> Result<(), BackendError>;
 }
 
 impl Engine for crate::backend::OnnxSession {
-    fn run(&mut self, input: &[f32], rows: usize, output: &mut Vec<f32>) -> Result<(), String> {
-        crate::backend::OnnxSession::run(self, input, rows, output).map_err(|e| e.to_string())
+    fn run(
+        &mut self,
+        input: &[f32],
+        rows: usize,
+        output: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        crate::backend::OnnxSession::run(self, input, rows, output)
     }
 }
 
@@ -46,8 +54,8 @@ pub struct BatchMetrics {
     pub cancelled: IntCounter,
 }
 
-/// The scores of one image, or why it has none.
-pub type JobResult = Result<Vec<f32>, String>;
+/// The scores of one image, or why it has none (shared by every image of the failed batch).
+pub type JobResult = Result<Vec<f32>, Arc<BackendError>>;
 
 /// One image for the model: decoded pixels (normalised by the worker, straight into the batch
 /// buffer), or a row the client already normalised (the raw tensor of the inference protocol).
@@ -276,10 +284,11 @@ impl<E: Engine> Worker<E> {
                         let _ = job.reply.send(Ok(scores.to_vec()));
                     }
                 }
-                Err(message) => {
-                    tracing::error!(%message, "inference failed");
+                Err(error) => {
+                    tracing::error!(%error, "inference failed");
+                    let error = Arc::new(error);
                     for job in jobs.drain(..) {
-                        let _ = job.reply.send(Err(message.clone()));
+                        let _ = job.reply.send(Err(Arc::clone(&error)));
                     }
                 }
             }
@@ -325,7 +334,12 @@ mod tests {
     }
 
     impl Engine for MeanEngine {
-        fn run(&mut self, input: &[f32], rows: usize, output: &mut Vec<f32>) -> Result<(), String> {
+        fn run(
+            &mut self,
+            input: &[f32],
+            rows: usize,
+            output: &mut Vec<f32>,
+        ) -> Result<(), BackendError> {
             let _held = self.gate.as_ref().map(|g| g.lock().unwrap());
             self.sizes.lock().unwrap().push(rows);
             let row = input.len() / rows;

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::core::batcher::{JobInput, SubmitError};
 use crate::core::registry::LoadedModel;
-use crate::error::Error;
+use crate::error::{Error, InferenceError};
 use crate::metrics::Metrics;
 
 /// One image's answer: scores by label, sorted best first.
@@ -80,7 +80,7 @@ pub async fn decode_all(
         let _ = tx.send(result.into_iter().collect::<Result<Vec<_>, _>>());
     });
     rx.await
-        .map_err(|_| Error::Inference("the decoder pool stopped".into()))?
+        .map_err(|_| InferenceError::Stopped("decoder pool"))?
 }
 
 /// Runs images (decoded, or rows the client normalised) through the model's batcher; the graph's
@@ -112,8 +112,8 @@ pub async fn infer(
         outputs.push(
             receiver
                 .await
-                .map_err(|_| Error::Inference("inference worker stopped".into()))?
-                .map_err(Error::Inference)?,
+                .map_err(|_| InferenceError::Stopped("inference worker"))?
+                .map_err(InferenceError::Backend)?,
         );
     }
     Ok(outputs)

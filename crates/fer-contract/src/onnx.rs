@@ -15,7 +15,7 @@ const LIB_NAME: &str = "libonnxruntime.so";
 /// `.ort/lib/` of the repository this binary was built from (filled by `scripts/setup-ort.sh`).
 const REPO_LIB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.ort/lib");
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {
     #[error(
         "ONNX Runtime {ORT_VERSION} ({LIB_NAME}) was not found; looked in: {searched}.\n\
@@ -65,7 +65,7 @@ pub fn beside_executable(folder: &str, file: &str) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-static ENVIRONMENT: OnceLock<Result<(PathBuf, Environment), String>> = OnceLock::new();
+static ENVIRONMENT: OnceLock<Result<(PathBuf, Environment), RuntimeError>> = OnceLock::new();
 
 /// Loads ONNX Runtime once per process and returns its environment and the library's path.
 ///
@@ -75,19 +75,20 @@ pub fn runtime(
 ) -> Result<(&'static Path, &'static Environment), RuntimeError> {
     let path = locate_runtime(explicit)?;
     let loaded = ENVIRONMENT.get_or_init(|| {
+        let failed = |e: &dyn std::fmt::Display| RuntimeError::Load {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
         let environment = ort::init_from(&path)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| failed(&e))?
             .with_name("fer")
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(&e))?;
         Ok((path.clone(), environment))
     });
     match loaded {
         Ok((path, env)) => Ok((path.as_path(), env)),
-        Err(message) => Err(RuntimeError::Load {
-            path: path.display().to_string(),
-            message: message.clone(),
-        }),
+        Err(error) => Err(error.clone()),
     }
 }
 
@@ -98,46 +99,64 @@ pub struct GraphShape {
     pub fixed_batch: Option<usize>,
 }
 
+/// How a graph differs from its manifest.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GraphError {
+    #[error("the graph has {} inputs ({}); a classifier takes exactly one", .0.len(), .0.join(", "))]
+    InputCount(Vec<String>),
+    #[error("manifest input.name is {manifest:?} but the graph's input is {graph:?}")]
+    InputName { manifest: String, graph: String },
+    #[error("graph input {name:?} has shape {dims:?}; the manifest declares [batch, {}, {}, {}]", .want[0], .want[1], .want[2])]
+    InputShape {
+        name: String,
+        dims: Vec<i64>,
+        want: [i64; 3],
+    },
+    #[error("manifest output.name is {manifest:?} but the graph's outputs are {graph:?}")]
+    OutputName { manifest: String, graph: Vec<String> },
+    #[error("graph output {name:?} has shape {dims:?}; the manifest's {labels} labels need [batch, {labels}]")]
+    OutputShape {
+        name: String,
+        dims: Vec<i64>,
+        labels: i64,
+    },
+    #[error("graph {what} is {found}; expected a float32 tensor")]
+    NotFloat { what: &'static str, found: String },
+}
+
 /// Checks a loaded graph against its manifest: one `f32` input of the declared name shaped
 /// `[batch, C, H, W]`, and an `f32` output of the declared name shaped `[batch, labels]`.
-pub fn check_graph(session: &Session, manifest: &Manifest) -> Result<GraphShape, String> {
+pub fn check_graph(session: &Session, manifest: &Manifest) -> Result<GraphShape, GraphError> {
     let inputs = session.inputs();
     if inputs.len() != 1 {
-        return Err(format!(
-            "the graph has {} inputs ({}); a classifier takes exactly one",
-            inputs.len(),
-            inputs
-                .iter()
-                .map(|i| i.name())
-                .collect::<Vec<_>>()
-                .join(", ")
+        return Err(GraphError::InputCount(
+            inputs.iter().map(|i| i.name().to_string()).collect(),
         ));
     }
     let input = &inputs[0];
     if input.name() != manifest.input.name {
-        return Err(format!(
-            "manifest input.name is {:?} but the graph's input is {:?}",
-            manifest.input.name,
-            input.name()
-        ));
+        return Err(GraphError::InputName {
+            manifest: manifest.input.name.clone(),
+            graph: input.name().to_string(),
+        });
     }
     let dims = float_tensor_dims(input.dtype(), "input")?;
-    let c = manifest.input.channels.count() as i64;
-    let (h, w) = (
+    let want = [
+        manifest.input.channels.count() as i64,
         i64::from(manifest.input.height),
         i64::from(manifest.input.width),
-    );
-    let want = [c, h, w];
+    ];
     if dims.len() != 4
         || dims[1..]
             .iter()
             .zip(want)
             .any(|(got, want)| *got >= 0 && *got != want)
     {
-        return Err(format!(
-            "graph input {:?} has shape {dims:?}; the manifest declares [batch, {c}, {h}, {w}]",
-            input.name()
-        ));
+        return Err(GraphError::InputShape {
+            name: input.name().to_string(),
+            dims,
+            want,
+        });
     }
     let fixed_batch = (dims[0] > 0).then_some(dims[0] as usize);
 
@@ -145,37 +164,36 @@ pub fn check_graph(session: &Session, manifest: &Manifest) -> Result<GraphShape,
         .outputs()
         .iter()
         .find(|o| o.name() == manifest.output.name)
-        .ok_or_else(|| {
-            format!(
-                "manifest output.name is {:?} but the graph's outputs are {:?}",
-                manifest.output.name,
-                session
-                    .outputs()
-                    .iter()
-                    .map(|o| o.name())
-                    .collect::<Vec<_>>()
-            )
+        .ok_or_else(|| GraphError::OutputName {
+            manifest: manifest.output.name.clone(),
+            graph: session
+                .outputs()
+                .iter()
+                .map(|o| o.name().to_string())
+                .collect(),
         })?;
     let dims = float_tensor_dims(output.dtype(), "output")?;
     let labels = manifest.labels.len() as i64;
     if dims.len() != 2 || (dims[1] >= 0 && dims[1] != labels) {
-        return Err(format!(
-            "graph output {:?} has shape {dims:?}; the manifest's {labels} labels need [batch, {labels}]",
-            output.name()
-        ));
+        return Err(GraphError::OutputShape {
+            name: output.name().to_string(),
+            dims,
+            labels,
+        });
     }
     Ok(GraphShape { fixed_batch })
 }
 
-fn float_tensor_dims(ty: &ValueType, what: &str) -> Result<Vec<i64>, String> {
+fn float_tensor_dims(ty: &ValueType, what: &'static str) -> Result<Vec<i64>, GraphError> {
     match ty {
         ValueType::Tensor {
             ty: TensorElementType::Float32,
             shape,
             ..
         } => Ok(shape.to_vec()),
-        other => Err(format!(
-            "graph {what} is {other:?}; expected a float32 tensor"
-        )),
+        other => Err(GraphError::NotFloat {
+            what,
+            found: format!("{other:?}"),
+        }),
     }
 }

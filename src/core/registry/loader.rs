@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use fer_contract::{MANIFEST_FILE, MODEL_FILE, Manifest, Preprocessor};
 
 use super::RegistryOptions;
-use crate::backend::{ExecutionProvider, OnnxSession};
+use crate::backend::{BackendError, ExecutionProvider, OnnxSession};
 use crate::core::batcher::{BatchMetrics, BatchPolicy, Batcher, Engine};
 use crate::metrics::Metrics;
 
@@ -208,7 +208,7 @@ fn warm_up<E: Engine>(
     preprocessor: &Preprocessor,
     max_batch: usize,
     fixed: Option<usize>,
-) -> Result<(), String> {
+) -> Result<(), BackendError> {
     let row = preprocessor.input_len();
     let input = vec![0.0f32; max_batch * row];
     let mut output = Vec::new();

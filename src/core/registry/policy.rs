@@ -48,15 +48,23 @@ impl VersionPolicy {
     }
 }
 
+/// Why a version policy cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("invalid version policy {0:?}: expected latest:N, all, or specific:V[,V...]")]
+    Invalid(String),
+    /// A model's `serving.json` that cannot be read or parsed.
+    #[error("{path}: {cause}")]
+    File { path: String, cause: String },
+}
+
 /// `latest:N`, `all`, or `specific:V[,V...]` (the `--version-policy` flag).
 impl FromStr for VersionPolicy {
-    type Err = String;
+    type Err = PolicyError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let text = text.trim();
-        let usage = || {
-            format!("invalid version policy {text:?}: expected latest:N, all, or specific:V[,V...]")
-        };
+        let usage = || PolicyError::Invalid(text.to_string());
         match text.split_once(':') {
             None if text == "all" => Ok(VersionPolicy::All),
             None if text == "latest" => Ok(VersionPolicy::Latest(1)),
@@ -87,14 +95,21 @@ struct ServingFile {
 }
 
 /// The policy of the model in `model_dir`: its `serving.json`, else `default`.
-pub fn policy_for(model_dir: &Path, default: &VersionPolicy) -> Result<VersionPolicy, String> {
+pub fn policy_for(
+    model_dir: &Path,
+    default: &VersionPolicy,
+) -> Result<VersionPolicy, PolicyError> {
     let path = model_dir.join(SERVING_FILE);
+    let unusable = |cause: String| PolicyError::File {
+        path: path.display().to_string(),
+        cause,
+    };
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice::<ServingFile>(&bytes)
             .map(|f| f.version_policy)
-            .map_err(|e| format!("{}: {e}", path.display())),
+            .map_err(|e| unusable(e.to_string())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(default.clone()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) => Err(unusable(e.to_string())),
     }
 }
 

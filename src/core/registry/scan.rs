@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use fer_contract::{MANIFEST_FILE, MODEL_FILE};
 
-use super::policy::{VersionPolicy, policy_for};
+use super::policy::{PolicyError, VersionPolicy, policy_for};
 
 /// Identity of one file's contents as the filesystem reports it: a replaced file (atomic rename)
 /// has a new inode, an edited one a new size or modification time.
@@ -39,7 +39,7 @@ pub struct VersionOnDisk {
 #[derive(Debug, Clone)]
 pub struct ModelOnDisk {
     /// The model's version policy, or why its `serving.json` is unreadable.
-    pub policy: Result<VersionPolicy, String>,
+    pub policy: Result<VersionPolicy, PolicyError>,
     pub versions: BTreeMap<u64, VersionOnDisk>,
 }
 
