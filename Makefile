@@ -25,8 +25,8 @@ test:
 	./scripts/setup-detector.sh
 	./scripts/setup-system.sh
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p fer-server --features tensorrt -- -D warnings
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release -p fer-server --features tensorrt -- -D warnings
 	$(CARGO) test --workspace --release
 	FER_SERVER_BIN=target/release/fer-server ./scripts/python-tests.sh
 

@@ -8,7 +8,7 @@
 //! cargo bench -p fer-server --bench alignment -- [--faces N] [--model NAME]
 //! ```
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common.rs"]
 mod common;
 
 use common::{Face, Server, ferplus_faces};

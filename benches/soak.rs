@@ -8,7 +8,7 @@
 //! requests by status and RSS at the start, every tenth of the run, and the end, and exits non-zero
 //! if any request got a 5xx or failed to get an answer.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common.rs"]
 mod common;
 
 use std::collections::BTreeMap;

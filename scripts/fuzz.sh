@@ -4,7 +4,7 @@
 # Seeds come from real FER+ faces read in place from ../shared/data plus hand-made requests; the
 # corpus and any crash inputs go to $FUZZ_WORK (default /tmp/fer-fuzz), never into the repository.
 # A crash input found here belongs in fuzz/regressions/<target>/, where `cargo test` replays it
-# (tests/fuzz_regressions.rs). Stable Rust runs it through RUSTC_BOOTSTRAP (AddressSanitizer needs
+# (tests/e2e/fuzz_regressions.rs). Stable Rust runs it through RUSTC_BOOTSTRAP (AddressSanitizer needs
 # -Z flags).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -70,6 +70,22 @@ pub enum Error {
     RouteNotFound(String),
     #[error("method not allowed for this route")]
     MethodNotAllowed,
+    /// A request the HTTP library refused before any route saw it (`http::connection` answers).
+    #[error("{0}")]
+    Unparsable(Unparsable),
+}
+
+/// Why the HTTP library could not read a request (HTTP/1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unparsable {
+    #[error("the request is not valid HTTP/1.1: its request line or a header cannot be parsed")]
+    Malformed,
+    #[error("the request's URI is longer than the server reads (65,534 bytes)")]
+    UriTooLong,
+    #[error(
+        "the request's headers are more or larger than the server reads (100 headers, 408 KiB in all)"
+    )]
+    HeadersTooLarge,
 }
 
 impl Error {
@@ -80,6 +96,9 @@ impl Error {
                 404
             }
             Error::MethodNotAllowed => 405,
+            Error::Unparsable(Unparsable::Malformed) => 400,
+            Error::Unparsable(Unparsable::UriTooLong) => 414,
+            Error::Unparsable(Unparsable::HeadersTooLarge) => 431,
             Error::DetectorNotConfigured => 501,
             Error::ModelNotReady { .. } | Error::ShuttingDown => 503,
             Error::InvalidImage { source, .. } => match source {
@@ -145,6 +164,9 @@ impl Error {
             Error::InvalidTensor(_) => "invalid_tensor",
             Error::DetectorNotConfigured => "detector_not_configured",
             Error::MethodNotAllowed => "method_not_allowed",
+            Error::Unparsable(Unparsable::Malformed) => "bad_request",
+            Error::Unparsable(Unparsable::UriTooLong) => "uri_too_long",
+            Error::Unparsable(Unparsable::HeadersTooLarge) => "headers_too_large",
         }
     }
 
@@ -220,6 +242,9 @@ mod tests {
                 model: "x".into(),
                 version: 2,
             },
+            Error::Unparsable(Unparsable::Malformed),
+            Error::Unparsable(Unparsable::UriTooLong),
+            Error::Unparsable(Unparsable::HeadersTooLarge),
         ];
         for e in &errors {
             // No wildcard: a new variant does not compile until it is listed here and above.
@@ -245,7 +270,8 @@ mod tests {
                 | Error::DetectorNotConfigured
                 | Error::InvalidTensor(_)
                 | Error::RouteNotFound(_)
-                | Error::MethodNotAllowed => {}
+                | Error::MethodNotAllowed
+                | Error::Unparsable(_) => {}
             }
         }
         for e in errors {

@@ -1,5 +1,5 @@
 //! Entry points of the fuzz targets (`fuzz/`, run by `scripts/fuzz.sh`) and of their regression
-//! test (`tests/fuzz_regressions.rs`). Each takes arbitrary bytes and must return without
+//! test (`tests/e2e/fuzz_regressions.rs`). Each takes arbitrary bytes and must return without
 //! panicking; a request the parsers refuse must be refused with a 4xx, never a 5xx.
 
 use std::sync::OnceLock;

@@ -22,6 +22,8 @@ pub const STAGES: &[&str] = &["decode", "detect", "queue", "inference", "total"]
 /// Reasons a request or an image failed.
 pub const FAILURE_REASONS: &[&str] = &[
     "bad_request",
+    "uri_too_long",
+    "headers_too_large",
     "invalid_image",
     "image_too_large",
     "unsupported_media_type",

@@ -11,7 +11,7 @@
 //! into an HDR histogram (`hdrhistogram`); the report gives throughput, p50/p90/p99, and the
 //! ratios the performance targets are stated in.
 
-#[path = "../../tests/common/mod.rs"]
+#[path = "../../tests/e2e/common.rs"]
 mod common;
 mod drive;
 mod options;

@@ -19,8 +19,12 @@ use crate::backend::BackendError;
 
 /// Runs one batch: `rows` images laid out NCHW in `input` → `rows × classes` scores in `output`.
 pub trait Engine: Send + 'static {
-    fn run(&mut self, input: &[f32], rows: usize, output: &mut Vec<f32>)
-    -> Result<(), BackendError>;
+    fn run(
+        &mut self,
+        input: &[f32],
+        rows: usize,
+        output: &mut Vec<f32>,
+    ) -> Result<(), BackendError>;
 }
 
 impl Engine for crate::backend::OnnxSession {

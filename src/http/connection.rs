@@ -31,6 +31,9 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use crate::error::{Error, Unparsable};
+use crate::http::error::ErrorBody;
+
 /// How long a connection may go without a request.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionTimeouts {
@@ -137,10 +140,99 @@ impl Drop for InProgress {
     }
 }
 
-/// The socket, telling its connection's [`Activity`] when bytes arrive.
+/// The socket, telling its connection's [`Activity`] when bytes arrive, and writing our JSON error
+/// in place of the HTTP library's own empty one.
 struct Watched {
     stream: TcpStream,
     activity: Arc<Activity>,
+    replacing: Option<Replacement>,
+}
+
+/// Our answer, being written in place of bytes the HTTP library asked to write.
+struct Replacement {
+    bytes: Vec<u8>,
+    written: usize,
+    /// How many of the library's bytes it stands for (reported written once it is).
+    stands_for: usize,
+}
+
+/// hyper answers a request it cannot parse itself, before any route sees it: 400 (malformed),
+/// 414 (URI too long) or 431 (headers too large), each with an empty body. Such an answer is
+/// recognised as it is written: one of those statuses with `content-length: 0`, where every
+/// error of ours has a JSON body.
+fn library_refusal(head: &[u8]) -> Option<Unparsable> {
+    let text = std::str::from_utf8(head).ok()?;
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| text.strip_prefix("HTTP/1.0 "))?;
+    let refusal = match status.get(..4)? {
+        "400 " => Unparsable::Malformed,
+        "414 " => Unparsable::UriTooLong,
+        "431 " => Unparsable::HeadersTooLarge,
+        _ => return None,
+    };
+    let head_end = text.find("\r\n\r\n")?;
+    let empty = text[..head_end + 2]
+        .to_ascii_lowercase()
+        .contains("\r\ncontent-length: 0\r\n");
+    (empty && head_end + 4 == text.len()).then_some(refusal)
+}
+
+/// The whole HTTP/1.1 answer for a request the library refused: our JSON error body.
+fn our_answer(refusal: Unparsable) -> Vec<u8> {
+    let error = Error::Unparsable(refusal);
+    let body = serde_json::to_vec(&ErrorBody::from(&error)).unwrap_or_default();
+    let status = error.status();
+    let reason = axum::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut answer = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&body);
+    answer
+}
+
+impl Watched {
+    /// Starts replacing `data` when it is the library's own refusal.
+    fn intercept(&mut self, data: &[u8]) {
+        if self.replacing.is_none()
+            && let Some(refusal) = library_refusal(data)
+        {
+            tracing::debug!(
+                ?refusal,
+                "answering an unparsable request with a JSON error"
+            );
+            self.replacing = Some(Replacement {
+                bytes: our_answer(refusal),
+                written: 0,
+                stands_for: data.len(),
+            });
+        }
+    }
+
+    /// Writes the replacement, if any; `None` when there is none.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Option<Poll<std::io::Result<usize>>> {
+        let replacement = self.replacing.as_mut()?;
+        while replacement.written < replacement.bytes.len() {
+            match Pin::new(&mut self.stream)
+                .poll_write(cx, &replacement.bytes[replacement.written..])
+            {
+                Poll::Ready(Ok(0)) => {
+                    return Some(Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => replacement.written += n,
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                Poll::Pending => return Some(Poll::Pending),
+            }
+        }
+        let stands_for = replacement.stands_for;
+        self.replacing = None;
+        Some(Poll::Ready(Ok(stands_for)))
+    }
 }
 
 impl AsyncRead for Watched {
@@ -165,7 +257,12 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, data)
+        let this = self.get_mut();
+        this.intercept(data);
+        match this.poll_replacement(cx) {
+            Some(poll) => poll,
+            None => Pin::new(&mut this.stream).poll_write(cx, data),
+        }
     }
 
     fn poll_write_vectored(
@@ -173,7 +270,17 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        // The library's refusals are one short head; longer writes are never one.
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.replacing.is_none() && total <= 1024 {
+            let head: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            this.intercept(&head);
+        }
+        match this.poll_replacement(cx) {
+            Some(poll) => poll,
+            None => Pin::new(&mut this.stream).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -241,6 +348,7 @@ async fn connection(
     let io = TokioIo::new(Watched {
         stream,
         activity: Arc::clone(&activity),
+        replacing: None,
     });
     let service = {
         let activity = Arc::clone(&activity);
@@ -296,6 +404,46 @@ mod tests {
         header_read: Duration::from_secs(2),
         idle: Duration::from_secs(10),
     };
+
+    #[test]
+    fn only_the_librarys_empty_refusals_are_replaced() {
+        let hyper = |status: &str| {
+            format!(
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\ndate: Sun, 29 Nov 2026 16:00:00 GMT\r\n\r\n"
+            )
+        };
+        assert_eq!(
+            library_refusal(hyper("400 Bad Request").as_bytes()),
+            Some(Unparsable::Malformed)
+        );
+        assert_eq!(
+            library_refusal(hyper("414 URI Too Long").as_bytes()),
+            Some(Unparsable::UriTooLong)
+        );
+        assert_eq!(
+            library_refusal(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ndate: x\r\ncontent-length: 0\r\n\r\n"
+            ),
+            Some(Unparsable::HeadersTooLarge)
+        );
+        // Ours: a body; another status; a head followed by body bytes.
+        assert_eq!(
+            library_refusal(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 52\r\n\r\n"),
+            None
+        );
+        assert_eq!(library_refusal(hyper("404 Not Found").as_bytes()), None);
+        assert_eq!(
+            library_refusal(format!("{}{{}}", hyper("400 Bad Request")).as_bytes()),
+            None
+        );
+
+        let answer = String::from_utf8(our_answer(Unparsable::HeadersTooLarge)).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"]["code"], "headers_too_large");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn deadlines_follow_what_the_connection_does() {

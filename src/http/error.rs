@@ -25,16 +25,21 @@ pub struct ErrorDetail {
     pub index: Option<usize>,
 }
 
+impl From<&Error> for ErrorBody {
+    fn from(error: &Error) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code: error.code().to_string(),
+                message: error.to_string(),
+                index: error.image_index(),
+            },
+        }
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code().to_string(),
-                message: self.to_string(),
-                index: self.image_index(),
-            },
-        };
-        respond(&self, body)
+        respond(&self, ErrorBody::from(&self))
     }
 }
 

@@ -113,8 +113,13 @@ pub enum GraphError {
         want: [i64; 3],
     },
     #[error("manifest output.name is {manifest:?} but the graph's outputs are {graph:?}")]
-    OutputName { manifest: String, graph: Vec<String> },
-    #[error("graph output {name:?} has shape {dims:?}; the manifest's {labels} labels need [batch, {labels}]")]
+    OutputName {
+        manifest: String,
+        graph: Vec<String>,
+    },
+    #[error(
+        "graph output {name:?} has shape {dims:?}; the manifest's {labels} labels need [batch, {labels}]"
+    )]
     OutputShape {
         name: String,
         dims: Vec<i64>,

@@ -95,10 +95,7 @@ struct ServingFile {
 }
 
 /// The policy of the model in `model_dir`: its `serving.json`, else `default`.
-pub fn policy_for(
-    model_dir: &Path,
-    default: &VersionPolicy,
-) -> Result<VersionPolicy, PolicyError> {
+pub fn policy_for(model_dir: &Path, default: &VersionPolicy) -> Result<VersionPolicy, PolicyError> {
     let path = model_dir.join(SERVING_FILE);
     let unusable = |cause: String| PolicyError::File {
         path: path.display().to_string(),

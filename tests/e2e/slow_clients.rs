@@ -1,13 +1,11 @@
 //! Clients that stall, trickle or never finish: they hold their own connection, never a slot other
 //! requests need, get a 4xx rather than a 5xx, and cannot stretch shutdown past one drain timeout.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Server, ferplus_faces};
+use crate::common::{Server, ferplus_faces};
 
 /// Opens a connection and sends `bytes` (a request, or the start of one).
 fn send(server: &Server, bytes: &[u8]) -> TcpStream {
@@ -131,7 +129,7 @@ fn trickled_headers_and_idle_connections_are_closed() {
     );
     // And the server goes on serving.
     assert_eq!(
-        common::get_status(&server.url("/healthz")),
+        crate::common::get_status(&server.url("/healthz")),
         Some(200),
         "still serving"
     );

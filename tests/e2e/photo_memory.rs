@@ -2,9 +2,7 @@
 //! concurrent 8000 × 5000 photos over HTTP, and a gRPC stream of sixteen such frames with face
 //! detection, stay under a stated bound of the server's peak resident memory.
 
-mod common;
-
-use common::Server;
+use crate::common::Server;
 use fer_server::grpc::proto::fer::v1 as fer;
 use fer_server::grpc::proto::fer::v1::fer_client::FerClient;
 

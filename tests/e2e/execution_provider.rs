@@ -1,17 +1,15 @@
 //! Execution providers on a CPU-only build: the CPU path is reported, a GPU provider that is not
 //! there stops the server with a clear message, and `--allow-cpu-fallback` serves on the CPU.
 
-mod common;
-
-use common::{MODEL, Server, repo};
+use crate::common::{MODEL, Server, repo};
 use serde_json::Value;
 
 async fn models(server: &Server) -> Value {
-    serde_json::from_str(&common::get_text(server, "/v1/models").await).unwrap()
+    serde_json::from_str(&crate::common::get_text(server, "/v1/models").await).unwrap()
 }
 
 async fn metrics(server: &Server) -> String {
-    common::get_text(server, "/metrics").await
+    crate::common::get_text(server, "/metrics").await
 }
 
 fn provider_of(models: &Value) -> &str {
@@ -44,10 +42,12 @@ async fn the_cpu_provider_is_reported_in_models_and_metrics() {
 #[test]
 fn an_unavailable_gpu_provider_stops_the_server_with_a_clear_message() {
     for provider in ["cuda", "tensorrt"] {
-        let out =
-            common::serve_command(&repo().join("models"), &["--execution-provider", provider])
-                .output()
-                .unwrap();
+        let out = crate::common::serve_command(
+            &repo().join("models"),
+            &["--execution-provider", provider],
+        )
+        .output()
+        .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{stderr}");
         assert!(
@@ -70,6 +70,6 @@ async fn cpu_fallback_serves_only_when_allowed_and_says_so() {
     assert!(text.contains(&format!(
         "fer_execution_provider{{model=\"{MODEL}\",provider=\"tensorrt\"}} 0"
     )));
-    let face = common::ferplus_faces(9, 1).remove(0);
-    assert_eq!(common::classify_png(&server, face.png).await, 200);
+    let face = crate::common::ferplus_faces(9, 1).remove(0);
+    assert_eq!(crate::common::classify_png(&server, face.png).await, 200);
 }

@@ -2,9 +2,7 @@
 //! detector (CenterFace, installed by `scripts/setup-detector.sh` from PyPI) and with the UltraFace
 //! detector read in place from `../shared/models/ultraface/` (never committed).
 
-mod common;
-
-use common::{Server, repo};
+use crate::common::{Server, repo};
 use serde_json::Value;
 
 fn photos() -> Vec<(String, Vec<u8>)> {

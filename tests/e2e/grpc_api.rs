@@ -3,9 +3,7 @@
 //! bad frame that does not end the stream), `Classify`, the Open Inference Protocol's ModelInfer
 //! with `raw_input_contents`, error codes, and `grpc.health.v1`.
 
-mod common;
-
-use common::{Server, ferplus_faces};
+use crate::common::{Server, ferplus_faces};
 use fer_server::grpc::proto::fer::v1 as fer;
 use fer_server::grpc::proto::fer::v1::fer_client::FerClient;
 use fer_server::grpc::proto::inference as kserve;
@@ -497,7 +495,8 @@ async fn the_same_request_gets_the_same_answer_over_http_and_grpc() {
     assert_eq!(http_message, grpc_status.message());
 
     // Analysis of a photo: `/v1/analyze` and a frame of `StreamFrames` with `detect`.
-    let photo = std::fs::read(common::repo().join("../shared/images/group-photos/2.jpg")).unwrap();
+    let photo =
+        std::fs::read(crate::common::repo().join("../shared/images/group-photos/2.jpg")).unwrap();
     let analyzed: serde_json::Value = http
         .post(server.url("/v1/analyze?top_k=1"))
         .header("content-type", "image/jpeg")

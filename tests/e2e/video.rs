@@ -1,12 +1,10 @@
 //! End-to-end: `fer-server score-video` on short videos that ffmpeg builds from real images whose
 //! labels are known, over the gRPC stream and locally; the timeline, CSV, JSON and plot.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{Server, ferplus_faces, repo};
+use crate::common::{Server, ferplus_faces, repo};
 use serde_json::Value;
 
 fn ffmpeg(args: &[&str]) {

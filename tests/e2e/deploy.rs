@@ -1,13 +1,11 @@
 //! The deployment files agree with the server: every metric the Grafana dashboard and the alert
 //! rules query is one the server exports, and promtool accepts the rules and the live exposition.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{Server, repo};
+use crate::common::{Server, repo};
 
 /// `fer_*` metric families named in a text (histogram series map to their family).
 fn metric_families(text: &str) -> BTreeSet<String> {
@@ -56,9 +54,9 @@ fn promtool() -> Command {
 
 async fn live_metrics() -> String {
     let server = Server::start(&[]);
-    let face = common::ferplus_faces(9, 1).remove(0);
-    assert_eq!(common::classify_png(&server, face.png).await, 200);
-    common::get_text(&server, "/metrics").await
+    let face = crate::common::ferplus_faces(9, 1).remove(0);
+    assert_eq!(crate::common::classify_png(&server, face.png).await, 200);
+    crate::common::get_text(&server, "/metrics").await
 }
 
 #[tokio::test(flavor = "multi_thread")]

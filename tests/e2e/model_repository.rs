@@ -1,12 +1,10 @@
 //! End-to-end: what the server does with a broken repository, a missing runtime, and the offline
 //! `classify` command.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{MODEL, Server, ferplus_faces, repo, write_version};
+use crate::common::{MODEL, Server, ferplus_faces, repo, write_version};
 use serde_json::Value;
 
 /// A repository with the shipped model plus a copy whose manifest lies about the label count.

@@ -4,14 +4,12 @@
 //! was valid at the time. `FER_RELOAD_ROUNDS` sets the number of changes (default 25; hundreds by
 //! hand).
 
-mod common;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{MODEL, Server, ferplus_faces, shipped_graph, write_version};
+use crate::common::{MODEL, Server, ferplus_faces, shipped_graph, write_version};
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy)]

@@ -2,12 +2,10 @@
 //! its documented 4xx (never a 5xx); overload is shed with 429 within the time limit and memory
 //! stays bounded; slow requests get 504; API keys guard what they should; SIGTERM drains.
 
-mod common;
-
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
-use common::{Server, ferplus_faces};
+use crate::common::{Server, ferplus_faces};
 use serde_json::Value;
 
 struct Case {
@@ -786,4 +784,83 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_ones() {
     assert_eq!(status, 200, "the in-flight request finished: {body}");
     let exit = server.wait();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// Requests the HTTP library refuses before any route sees them (malformed, URI too long, headers
+/// too large) get the same JSON error body as every other error, and the connection closes.
+#[test]
+fn requests_the_http_library_cannot_read_get_our_json_errors() {
+    use std::io::{Read, Write};
+    let server = Server::start(&[]);
+    let address = server.base.trim_start_matches("http://").to_string();
+    let raw = |request: Vec<u8>| {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // The server may answer (and close) before it has read everything a big request sends.
+        let _ = stream.write_all(&request);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let long_uri = format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000));
+    let many_headers = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\n{}\r\n",
+        (0..200)
+            .map(|i| format!("x-h{i}: 1\r\n"))
+            .collect::<String>()
+    );
+    let huge_header = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "b".repeat(600_000)
+    );
+    let cases = [
+        (
+            "malformed request line",
+            b"GARBAGE\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "bad header",
+            b"GET / HTTP/1.1\r\nno colon here\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        ("URI too long", long_uri.into_bytes(), 414, "uri_too_long"),
+        (
+            "too many headers",
+            many_headers.into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "header too large",
+            huge_header.into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+    ];
+    for (name, request, status, code) in cases {
+        let answer = raw(request);
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("{name}: no answer: {answer:?}"));
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{name}: {head}"
+        );
+        assert!(
+            head.contains("content-type: application/json"),
+            "{name}: {head}"
+        );
+        let body: Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{name}: {e}: {body:?}"));
+        assert_eq!(body["error"]["code"], code, "{name}: {body}");
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+    }
+    // The server still answers normal requests.
+    let answer = raw(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec());
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
 }

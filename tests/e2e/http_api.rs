@@ -1,10 +1,8 @@
 //! End-to-end: the real server binary on a real port, the shipped model, real FER+ faces.
 
-mod common;
-
 use std::io::Cursor;
 
-use common::{Face, MODEL, Server, ferplus_faces};
+use crate::common::{Face, MODEL, Server, ferplus_faces};
 use serde_json::Value;
 
 fn client() -> reqwest::Client {
