@@ -201,6 +201,9 @@ impl Config {
         if self.epochs == 0 || self.batch_size == 0 {
             return Err("epochs and batch_size must be positive".into());
         }
+        if self.checkpoint_every == 0 {
+            return Err("checkpoint_every must be at least 1 (steps between checkpoints)".into());
+        }
         if self.optimizer.learning_rate <= 0.0 {
             return Err("optimizer.learning_rate must be positive".into());
         }
@@ -282,6 +285,23 @@ mod tests {
         assert!(toml::from_str::<Config>(&format!("mode = \"magic\"\n{base}")).is_err());
         assert!(toml::from_str::<Config>(&format!("epoch = 3\n{base}")).is_err());
         assert!(toml::from_str::<Config>(&format!("{base}[ssl]\nmuu = 3\n")).is_err());
+    }
+
+    #[test]
+    fn checkpoint_every_zero_is_refused() {
+        let base = "data = \"fer2013\"\nseed = 1\nepochs = 1\nbatch_size = 8\n";
+        let opt = "[optimizer]\nlearning_rate = 0.001\n";
+        let parse = |extra: &str| {
+            toml::from_str::<Config>(&format!("{base}{extra}{opt}"))
+                .unwrap()
+                .validate()
+        };
+        assert!(
+            parse("checkpoint_every = 0\n")
+                .unwrap_err()
+                .contains("checkpoint_every")
+        );
+        assert!(parse("checkpoint_every = 1\n").is_ok());
     }
 
     #[test]

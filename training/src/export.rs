@@ -17,9 +17,11 @@ use ort::value::TensorRef;
 
 use crate::config::{Config, Mode};
 use crate::data::Dataset;
+use crate::eval::{self, argmax};
 use crate::model::{FerNet, forward_macs};
+use crate::run::{self, EpochRecord, RunDir, RunState};
 use crate::thresholds::Anchor;
-use crate::train::{self, EpochRecord, RunDir, RunState, argmax};
+use crate::train;
 
 /// Largest |Δlogit| between burn and ONNX Runtime that parity accepts.
 pub const PARITY_TOLERANCE: f32 = 1e-4;
@@ -157,8 +159,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
         .context("run has no evaluated epoch to export")?;
     let classes = req.config.data.classes();
     let device = Device::flex();
-    let model =
-        train::load_model(req.config, classes.len(), &req.run.best_model(), &device)?.valid();
+    let model = run::load_model(req.config, classes.len(), &req.run.best_model(), &device)?.valid();
 
     let mut manifest = train::manifest_template(req.config, &classes);
     manifest.name = req.name.to_string();
@@ -289,8 +290,7 @@ fn write_version(
         _ => labelled.val.clone(),
     };
     // The exporter moves the module it captured onto its capture device: compare a fresh load.
-    let model =
-        train::load_model(req.config, classes.len(), &req.run.best_model(), &device)?.valid();
+    let model = run::load_model(req.config, classes.len(), &req.run.best_model(), &device)?.valid();
     let parity = check_parity(&model, &mut session, &val, &preprocessor, &device)?;
     if !parity.passed() {
         bail!(
@@ -343,7 +343,7 @@ pub fn check_parity(
     preprocessor: &Preprocessor,
     device: &Device,
 ) -> anyhow::Result<Parity> {
-    let burn_logits = train::predict(model, data, preprocessor, device, 128)?;
+    let burn_logits = eval::predict(model, data, preprocessor, device, 128)?;
     let len = preprocessor.input_len();
     let classes = burn_logits.len() / data.len().max(1);
     let shape = [

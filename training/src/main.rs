@@ -16,7 +16,8 @@ use fer_train::backend::TrainBackend;
 use fer_train::config::Config;
 use fer_train::export::{ExportRequest, export};
 use fer_train::model::{FerNet, forward_macs};
-use fer_train::train::{RunDir, Session, train};
+use fer_train::run::{RunDir, Session};
+use fer_train::train::train;
 
 #[derive(Parser)]
 #[command(
@@ -294,16 +295,16 @@ fn main() -> anyhow::Result<()> {
             let (labelled, _) = fer_train::train::load_data(&cfg, &preprocessor, &manifest)?;
             let device = backend.device()?;
             let model =
-                fer_train::train::load_model(&cfg, classes.len(), &dir.best_model(), &device)?;
+                fer_train::run::load_model(&cfg, classes.len(), &dir.best_model(), &device)?;
             let n = classes.len();
             for (name, (scores, loss)) in [
                 (
                     "as is",
-                    fer_train::train::evaluate(&model, &labelled.val, &preprocessor, n, &device)?,
+                    fer_train::eval::evaluate(&model, &labelled.val, &preprocessor, n, &device)?,
                 ),
                 (
                     "with test-time flip",
-                    fer_train::train::evaluate_with_flip(
+                    fer_train::eval::evaluate_with_flip(
                         &model,
                         &labelled.val,
                         &preprocessor,
@@ -324,7 +325,7 @@ fn main() -> anyhow::Result<()> {
         Command::Plots { run } => {
             let dir = RunDir(run);
             let cfg = Config::load(&dir.config()).context("the run's config.toml")?;
-            let state: fer_train::train::RunState = serde_json::from_slice(
+            let state: fer_train::run::RunState = serde_json::from_slice(
                 &std::fs::read(dir.state()).context("the run's state.json")?,
             )?;
             fer_train::report::plots(&dir.0, &state.history, &cfg.data.classes())?;

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::data::Labelled;
-use crate::train::{EpochRecord, RunDir, RunState};
+use crate::run::{EpochRecord, RunDir, RunState};
 
 fn plot_err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("plot: {e}")
@@ -339,7 +339,7 @@ fn confusion_plot(
 /// `thresholds.svg` for the semi-supervised modes: each class's threshold at the end of each
 /// epoch, and the share of pseudo-labels accepted (mask rate).
 fn ssl_plot(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow::Result<()> {
-    let points: Vec<(f64, &crate::train::SslRecord)> = history
+    let points: Vec<(f64, &crate::run::SslRecord)> = history
         .iter()
         .filter_map(|h| h.ssl.as_ref().map(|s| (h.epoch as f64, s)))
         .collect();

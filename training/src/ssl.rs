@@ -18,11 +18,11 @@ use rand::seq::SliceRandom;
 use crate::batch::{ViewKind, images_tensor, view_batch};
 use crate::config::{Config, Mode, SslConfig};
 use crate::data::{self, Dataset};
+use crate::eval::argmax;
 use crate::framing::Reframer;
 use crate::loss::{SupervisedLoss, Targets};
 use crate::model::FerNet;
 use crate::thresholds::{Dtm, FixMatch, FlexMatch, FreeMatch, Policy, ThresholdPolicy};
-use crate::train::argmax;
 
 /// The unlabelled images of a run, drawn in a seeded shuffle that is re-drawn each pass.
 pub struct Unlabelled {

@@ -12,8 +12,9 @@ use fer_train::data::Source;
 use fer_train::export::{ExportRequest, export};
 use fer_train::framing::ReframeConfig;
 use fer_train::model::ModelConfig;
+use fer_train::run::{RunDir, RunState, Session};
 use fer_train::thresholds::Anchor;
-use fer_train::train::{RunDir, RunState, Session, train};
+use fer_train::train::train;
 
 fn smoke_config(mode: Mode) -> Config {
     Config {

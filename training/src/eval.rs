@@ -1,0 +1,102 @@
+//! Evaluation: a model's logits on a dataset, its scores and loss there (with or without
+//! test-time flip).
+
+use anyhow::Context;
+use burn::prelude::*;
+use fer_contract::Preprocessor;
+
+use crate::augment::AugmentConfig;
+use crate::batch::{ViewKind, images_tensor, view_batch};
+use crate::data::Dataset;
+use crate::metrics::{Confusion, Scores};
+use crate::model::FerNet;
+
+/// Logits of every image of a dataset, in order (`[n × classes]`, row-major).
+pub fn predict(
+    model: &FerNet,
+    dataset: &Dataset,
+    preprocessor: &Preprocessor,
+    device: &Device,
+    batch: usize,
+) -> anyhow::Result<Vec<f32>> {
+    let mut logits = Vec::new();
+    let indices: Vec<usize> = (0..dataset.len()).collect();
+    for chunk in indices.chunks(batch) {
+        let data = view_batch(
+            &AugmentConfig::default(),
+            dataset,
+            preprocessor,
+            chunk,
+            ViewKind::Plain,
+            0,
+        );
+        let out = model.forward(images_tensor(data, chunk.len(), dataset, device));
+        logits.extend(
+            out.into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        );
+    }
+    Ok(logits)
+}
+
+/// Scores of a model on a labelled dataset, and its mean cross-entropy there (against the class).
+pub fn evaluate(
+    model: &FerNet,
+    dataset: &Dataset,
+    preprocessor: &Preprocessor,
+    classes: usize,
+    device: &Device,
+) -> anyhow::Result<(Scores, f64)> {
+    let logits = predict(model, dataset, preprocessor, device, 256)?;
+    score_logits(&logits, dataset, classes)
+}
+
+/// As [`evaluate`], with the logits averaged over each image and its mirror image (test-time
+/// flip).
+pub fn evaluate_with_flip(
+    model: &FerNet,
+    dataset: &Dataset,
+    preprocessor: &Preprocessor,
+    classes: usize,
+    device: &Device,
+) -> anyhow::Result<(Scores, f64)> {
+    let plain = predict(model, dataset, preprocessor, device, 256)?;
+    let mirrored = predict(model, &dataset.mirrored(), preprocessor, device, 256)?;
+    let logits: Vec<f32> = plain
+        .iter()
+        .zip(&mirrored)
+        .map(|(a, b)| (a + b) / 2.0)
+        .collect();
+    score_logits(&logits, dataset, classes)
+}
+
+fn score_logits(
+    logits: &[f32],
+    dataset: &Dataset,
+    classes: usize,
+) -> anyhow::Result<(Scores, f64)> {
+    let labels = dataset.labels.as_ref().context("evaluation needs labels")?;
+    let mut confusion = Confusion::new(classes);
+    let mut loss = 0.0f64;
+    for (row, &truth) in logits.chunks(classes).zip(labels) {
+        confusion.add(truth, argmax(row));
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let log_sum = row
+            .iter()
+            .map(|v| f64::from(v - max).exp())
+            .sum::<f64>()
+            .ln();
+        loss += log_sum - f64::from(row[truth] - max);
+    }
+    Ok((confusion.scores(), loss / labels.len().max(1) as f64))
+}
+
+pub fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv { (i, v) } else { (bi, bv) }
+        })
+        .0
+}
