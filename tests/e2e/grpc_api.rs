@@ -9,6 +9,33 @@ use fer_server::grpc::proto::fer::v1::fer_client::FerClient;
 use fer_server::grpc::proto::inference as kserve;
 use fer_server::grpc::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 
+/// ModelInfer on encoded images (BYTES in `raw_input_contents`), asking for the `k` best labels.
+fn top_k_of_images(images: &[&[u8]], k: i64) -> kserve::ModelInferRequest {
+    let mut raw = Vec::new();
+    for image in images {
+        raw.extend_from_slice(&(image.len() as u32).to_le_bytes());
+        raw.extend_from_slice(image);
+    }
+    let classification = kserve::InferParameter {
+        parameter_choice: Some(kserve::infer_parameter::ParameterChoice::Int64Param(k)),
+    };
+    kserve::ModelInferRequest {
+        model_name: "ferplus".into(),
+        inputs: vec![kserve::model_infer_request::InferInputTensor {
+            name: "image".into(),
+            datatype: "BYTES".into(),
+            shape: vec![images.len() as i64],
+            ..Default::default()
+        }],
+        outputs: vec![kserve::model_infer_request::InferRequestedOutputTensor {
+            name: "probabilities".into(),
+            parameters: [("classification".to_string(), classification)].into(),
+        }],
+        raw_input_contents: vec![raw],
+        ..Default::default()
+    }
+}
+
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(prefix))
@@ -144,29 +171,8 @@ async fn classify_and_model_infer_over_grpc_with_status_codes() {
             .into_inner()
             .ready
     );
-    let mut raw = Vec::new();
-    for face in &faces {
-        raw.extend_from_slice(&(face.png.len() as u32).to_le_bytes());
-        raw.extend_from_slice(&face.png);
-    }
-    let classification = kserve::InferParameter {
-        parameter_choice: Some(kserve::infer_parameter::ParameterChoice::Int64Param(2)),
-    };
-    let infer = kserve::ModelInferRequest {
-        model_name: "ferplus".into(),
-        inputs: vec![kserve::model_infer_request::InferInputTensor {
-            name: "image".into(),
-            datatype: "BYTES".into(),
-            shape: vec![3],
-            ..Default::default()
-        }],
-        outputs: vec![kserve::model_infer_request::InferRequestedOutputTensor {
-            name: "probabilities".into(),
-            parameters: [("classification".to_string(), classification)].into(),
-        }],
-        raw_input_contents: vec![raw],
-        ..Default::default()
-    };
+    let pngs: Vec<&[u8]> = faces.iter().map(|f| f.png.as_slice()).collect();
+    let infer = top_k_of_images(&pngs, 2);
     let response = kserve_client
         .model_infer(infer.clone())
         .await
@@ -418,26 +424,7 @@ async fn the_same_request_gets_the_same_answer_over_http_and_grpc() {
         .json()
         .await
         .unwrap();
-    let mut raw = (face.len() as u32).to_le_bytes().to_vec();
-    raw.extend_from_slice(&face);
-    let classification = kserve::InferParameter {
-        parameter_choice: Some(kserve::infer_parameter::ParameterChoice::Int64Param(2)),
-    };
-    let infer = kserve::ModelInferRequest {
-        model_name: "ferplus".into(),
-        inputs: vec![kserve::model_infer_request::InferInputTensor {
-            name: "image".into(),
-            datatype: "BYTES".into(),
-            shape: vec![1],
-            ..Default::default()
-        }],
-        outputs: vec![kserve::model_infer_request::InferRequestedOutputTensor {
-            name: "probabilities".into(),
-            parameters: [("classification".to_string(), classification)].into(),
-        }],
-        raw_input_contents: vec![raw],
-        ..Default::default()
-    };
+    let infer = top_k_of_images(&[&face], 2);
     let grpc = kserve_client
         .model_infer(infer.clone())
         .await
