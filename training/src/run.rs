@@ -110,12 +110,22 @@ pub struct RunState {
     pub backend: TrainBackend,
 }
 
-/// Writes JSON beside the file and renames it over it.
+/// Writes a file whole or not at all: `write` fills a file beside `path`, which is then renamed
+/// over it, so a session stopped mid-write leaves the previous file as it was.
+fn replace_whole(
+    path: &Path,
+    write: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let partial = path.with_extension("partial");
+    write(&partial)?;
+    std::fs::rename(&partial, path).with_context(|| format!("moving {} into place", path.display()))
+}
+
+/// Writes JSON whole (see [`replace_whole`]).
 pub fn write_json_atomic(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    replace_whole(path, |partial| {
+        Ok(std::fs::write(partial, serde_json::to_vec_pretty(value)?)?)
+    })
 }
 
 /// How one session of a run goes (the config says what the run is).
@@ -156,16 +166,15 @@ pub fn load_model(
     Ok(FerNet::new(&config.model, channels, classes, device).load_record(record))
 }
 
-/// Saves a model's weights; written beside the file and renamed over it, so that a session
-/// stopped mid-write leaves the previous checkpoint whole.
+/// Saves a model's weights whole (see [`replace_whole`]).
 pub fn save_model(model: &FerNet, path: &Path) -> anyhow::Result<()> {
-    let partial = path.with_extension("bpk.partial");
-    model
-        .clone()
-        .into_record()
-        .save(&partial)
-        .map_err(|e| anyhow::anyhow!("saving {}: {e:?}", path.display()))?;
-    std::fs::rename(&partial, path).with_context(|| format!("moving {} into place", path.display()))
+    replace_whole(path, |partial| {
+        model
+            .clone()
+            .into_record()
+            .save(partial)
+            .map_err(|e| anyhow::anyhow!("saving {}: {e:?}", path.display()))
+    })
 }
 
 /// The models and state a checkpoint saves.
@@ -181,15 +190,13 @@ pub struct Snapshot<'a> {
 /// added to the previous sessions').
 pub fn checkpoint(run: &RunDir, snapshot: Snapshot, started: Instant) -> anyhow::Result<()> {
     save_model(snapshot.model, &run.last_model())?;
-    let optimizer = run.last_optimizer();
-    let partial = optimizer.with_extension("bpk.partial");
-    snapshot
-        .optimizer
-        .to_record()
-        .save(&partial)
-        .map_err(|e| anyhow::anyhow!("saving optimizer state: {e:?}"))?;
-    std::fs::rename(&partial, &optimizer)
-        .with_context(|| format!("moving {} into place", optimizer.display()))?;
+    replace_whole(&run.last_optimizer(), |partial| {
+        snapshot
+            .optimizer
+            .to_record()
+            .save(partial)
+            .map_err(|e| anyhow::anyhow!("saving optimizer state: {e:?}"))
+    })?;
     if let Some(teacher) = snapshot.teacher {
         save_model(teacher, &run.teacher())?;
     }
