@@ -266,13 +266,7 @@ impl Inference {
         if count == 0 {
             return Err(Error::BadRequest("the request holds no image".into()));
         }
-        if count > self.max_images {
-            return Err(Error::TooManyImages {
-                count,
-                limit: self.max_images,
-            });
-        }
-        Ok(())
+        check_image_limit(count, self.max_images)
     }
 
     /// Runs a checked request's work under the admission rules (shutdown, concurrency, timeout),
@@ -293,6 +287,17 @@ impl Inference {
             .observe(started.elapsed().as_secs_f64());
         Ok(answer)
     }
+}
+
+/// At most `max_images` images (or tensor rows) in one request (`--max-images`).
+pub fn check_image_limit(count: usize, max_images: usize) -> Result<(), Error> {
+    if count > max_images {
+        return Err(Error::TooManyImages {
+            count,
+            limit: max_images,
+        });
+    }
+    Ok(())
 }
 
 /// A request's detection and cropping options: its overrides, checked, over the defaults.

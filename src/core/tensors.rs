@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use crate::core::batcher::JobInput;
 use crate::core::classify;
+use crate::core::inference::check_image_limit;
 use crate::core::registry::LoadedModel;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -271,7 +272,7 @@ fn tensor_rows(
             )));
         }
     };
-    check_batch(batch, max_images)?;
+    check_image_limit(batch, max_images)?;
     let row = model.preprocessor.input_len();
     if values.len() != batch * row {
         return Err(Error::InvalidTensor(format!(
@@ -306,7 +307,7 @@ fn image_elements(input: InputTensor, max_images: usize) -> Result<Vec<Bytes>, E
             )));
         }
     };
-    check_batch(batch, max_images)?;
+    check_image_limit(batch, max_images)?;
     if elements.len() != batch {
         return Err(Error::InvalidTensor(format!(
             "input {IMAGE_INPUT:?}: shape {:?} holds {batch} images but {} were sent",
@@ -315,16 +316,6 @@ fn image_elements(input: InputTensor, max_images: usize) -> Result<Vec<Bytes>, E
         )));
     }
     Ok(elements)
-}
-
-fn check_batch(batch: usize, max_images: usize) -> Result<(), Error> {
-    if batch > max_images {
-        return Err(Error::TooManyImages {
-            count: batch,
-            limit: max_images,
-        });
-    }
-    Ok(())
 }
 
 /// Triton's classification extension: the `k` best of each row as `"score:index:label"`.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::core::classify::Prediction;
-use crate::core::inference::{ModelChoice, ModelId};
+use crate::core::inference::{ModelChoice, ModelId, check_image_limit};
 use crate::error::Error;
 use crate::http::AppState;
 
@@ -206,12 +206,7 @@ pub async fn read_images(
         let body = read_body(request.into_body(), limit).await?;
         let json: ClassifyJson = serde_json::from_slice(&body)
             .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))?;
-        if json.images.len() > max_images {
-            return Err(Error::TooManyImages {
-                count: json.images.len(),
-                limit: max_images,
-            });
-        }
+        check_image_limit(json.images.len(), max_images)?;
         json.images
             .iter()
             .enumerate()
@@ -284,12 +279,7 @@ async fn read_multipart(
                 "unexpected multipart field {name:?}: send each image as a part named \"image\""
             )));
         }
-        if images.len() == max_images {
-            return Err(Error::TooManyImages {
-                count: images.len() + 1,
-                limit: max_images,
-            });
-        }
+        check_image_limit(images.len() + 1, max_images)?;
         let bytes = field.bytes().await.map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 Error::PayloadTooLarge { limit }
