@@ -17,12 +17,14 @@ build: setup
 run: setup
 	./target/release/fer-server serve $(ARGS)
 
-## Every check CI runs (installs ffmpeg, promtool and chromium with apt when missing): formatting, clippy, then all tests of the workspace (release profile: the
+## Every check CI runs (installs ffmpeg, promtool and chromium with apt when missing, and ONNX
+## Runtime's quantizer from PyPI into .venv-quant for `fer-train quantize`'s test): formatting, clippy, then all tests of the workspace (release profile: the
 ## trainer's tests run burn, which is slow unoptimised, and `make run` shares the build), then the
 ## end-to-end tests with real Python clients (tritonclient, installed from PyPI into .venv).
 test:
 	./scripts/setup-ort.sh
 	./scripts/setup-detector.sh
+	./scripts/setup-quantize.sh
 	./scripts/setup-system.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings

@@ -5,12 +5,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use fer_server::grpc::proto::fer::v1 as fer;
+use fer_server::grpc::proto::fer::v1::fer_client::FerClient;
+use fer_server::grpc::proto::inference as kserve;
+use fer_server::grpc::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use hdrhistogram::Histogram;
+use tonic::transport::Channel;
 
 /// How one request is made.
 #[derive(Clone)]
 pub struct Target {
     url: String,
+    /// The model named in gRPC requests.
+    model: String,
     kind: Kind,
 }
 
@@ -20,12 +27,44 @@ enum Kind {
     RawImage,
     /// KServe v2 infer, binary tensor extension: a BYTES `image` input of one element.
     KserveBinary,
+    /// The Open Inference Protocol's gRPC `ModelInfer`: a BYTES `image` input in
+    /// `raw_input_contents`, as tritonclient sends it.
+    GrpcInfer,
+    /// `fer.v1.Fer/StreamFrames`: each client holds one stream open and sends its next frame when
+    /// the last one's result is back.
+    GrpcStream,
 }
 
 impl Target {
     pub fn classify(base: &str) -> Self {
         Target {
             url: format!("{base}/v1/classify"),
+            model: String::new(),
+            kind: Kind::RawImage,
+        }
+    }
+
+    pub fn grpc_infer(grpc: &str, model: &str) -> Self {
+        Target {
+            url: grpc.to_string(),
+            model: model.to_string(),
+            kind: Kind::GrpcInfer,
+        }
+    }
+
+    pub fn grpc_stream(grpc: &str, model: &str) -> Self {
+        Target {
+            url: grpc.to_string(),
+            model: model.to_string(),
+            kind: Kind::GrpcStream,
+        }
+    }
+
+    /// `/v1/classify` of one model version.
+    pub fn classify_model(base: &str, name: &str, version: u64) -> Self {
+        Target {
+            url: format!("{base}/v1/classify?model={name}&version={version}"),
+            model: name.to_string(),
             kind: Kind::RawImage,
         }
     }
@@ -33,12 +72,14 @@ impl Target {
     pub fn kserve(base: &str, model: &str) -> Self {
         Target {
             url: format!("{base}/v2/models/{model}/infer"),
+            model: model.to_string(),
             kind: Kind::KserveBinary,
         }
     }
 
     fn request(&self, client: &reqwest::Client, image: &[u8]) -> reqwest::RequestBuilder {
         match self.kind {
+            Kind::GrpcInfer | Kind::GrpcStream => unreachable!("gRPC targets use a Connection"),
             Kind::RawImage => client
                 .post(&self.url)
                 .header("content-type", "image/jpeg")
@@ -56,6 +97,93 @@ impl Target {
                     .header("content-type", "application/octet-stream")
                     .header("inference-header-content-length", header.len())
                     .body(body)
+            }
+        }
+    }
+}
+
+/// One client's way to the server: HTTP through the shared connection pool, or a gRPC channel
+/// (and for `StreamFrames`, a stream) of its own.
+enum Connection {
+    Http(reqwest::Client),
+    Infer(GrpcInferenceServiceClient<Channel>),
+    Stream {
+        frames: tokio::sync::mpsc::Sender<fer::Frame>,
+        results: tonic::Streaming<fer::FrameResult>,
+        next: u64,
+    },
+}
+
+impl Connection {
+    async fn open(target: &Target, http: &reqwest::Client) -> Connection {
+        match target.kind {
+            Kind::RawImage | Kind::KserveBinary => Connection::Http(http.clone()),
+            Kind::GrpcInfer => Connection::Infer(
+                GrpcInferenceServiceClient::connect(target.url.clone())
+                    .await
+                    .expect("gRPC connection")
+                    .max_decoding_message_size(64 << 20),
+            ),
+            Kind::GrpcStream => {
+                let (frames, receiver) = tokio::sync::mpsc::channel(1);
+                let results = FerClient::connect(target.url.clone())
+                    .await
+                    .expect("gRPC connection")
+                    .stream_frames(tokio_stream::wrappers::ReceiverStream::new(receiver))
+                    .await
+                    .expect("StreamFrames")
+                    .into_inner();
+                Connection::Stream {
+                    frames,
+                    results,
+                    next: 0,
+                }
+            }
+        }
+    }
+
+    /// Sends one image and waits for its answer; whether it was a success.
+    async fn send(&mut self, target: &Target, image: &[u8]) -> bool {
+        match self {
+            Connection::Http(client) => match target.request(client, image).send().await {
+                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                Err(_) => false,
+            },
+            Connection::Infer(client) => {
+                let mut raw = Vec::with_capacity(4 + image.len());
+                raw.extend_from_slice(&(image.len() as u32).to_le_bytes());
+                raw.extend_from_slice(image);
+                let request = kserve::ModelInferRequest {
+                    model_name: target.model.clone(),
+                    inputs: vec![kserve::model_infer_request::InferInputTensor {
+                        name: "image".into(),
+                        datatype: "BYTES".into(),
+                        shape: vec![1],
+                        ..Default::default()
+                    }],
+                    raw_input_contents: vec![raw],
+                    ..Default::default()
+                };
+                client.model_infer(request).await.is_ok()
+            }
+            Connection::Stream {
+                frames,
+                results,
+                next,
+            } => {
+                let frame = fer::Frame {
+                    index: *next,
+                    timestamp: *next as f64 / 25.0,
+                    image: image.to_vec(),
+                    model: target.model.clone(),
+                    top_k: None,
+                    detect: false,
+                };
+                *next += 1;
+                if frames.send(frame).await.is_err() {
+                    return false;
+                }
+                matches!(results.message().await, Ok(Some(r)) if r.error.is_empty())
             }
         }
     }
@@ -165,6 +293,7 @@ async fn phase(
             Arc::clone(&next),
         );
         tasks.push(tokio::spawn(async move {
+            let mut connection = Connection::open(&target, &client).await;
             let mut latency =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut failed = 0;
@@ -175,10 +304,7 @@ async fn phase(
                 }
                 let image = &images[i % images.len()];
                 let sent = Instant::now();
-                let ok = match target.request(&client, image).send().await {
-                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
+                let ok = connection.send(&target, image).await;
                 if ok {
                     latency.saturating_record(sent.elapsed().as_micros() as u64);
                 } else {

@@ -3,7 +3,11 @@
 //! JPEGs, in one run.
 //!
 //! `cargo bench -p fer-server --bench load -- [--requests 2000] [--concurrency 1,4,16,64]
-//!  [--peer-python .venv-bench/bin/python] [--out target/bench/load.md]`
+//!  [--model ferplus] [--model ferplus-int8 ...] [--peer-python .venv-bench/bin/python]
+//!  [--out target/bench/load.md]`
+//!
+//! With several `--model`s each gets its own raw-ORT limit and `/v1/classify` rows, compared in
+//! one table (e.g. an FP32 model and its INT8 variant); the first is the one of the full table.
 //! (`scripts/bench.sh` installs the peer and runs this.)
 //!
 //! Each target gets the same fixed number of requests at each concurrency, after a warm-up, from
@@ -37,20 +41,42 @@ fn main() {
         .build()
         .expect("tokio runtime");
 
-    eprintln!("raw ONNX Runtime (decode + preprocess + session.run, one thread)");
-    let raw = raw::measure(
-        &faces,
-        options.requests,
-        options.max_batch,
-        options.spinning,
-    );
-    let mut report = report::Report::new(&options, raw);
+    let models: Vec<ModelVersion> = options
+        .models
+        .iter()
+        .map(|m| ModelVersion::resolve(m))
+        .collect();
+    let mut raws = models.iter().map(|m| {
+        eprintln!(
+            "raw ONNX Runtime on {} (decode + preprocess + session.run, one thread)",
+            m.label()
+        );
+        raw::measure(
+            &m.dir,
+            &faces,
+            options.requests,
+            options.max_batch,
+            options.spinning,
+            &options.provider,
+        )
+    });
+    let first = &models[0];
+    let mut report = report::Report::new(&options, first.label(), raws.next().expect("a model"));
+    let mut compared: Vec<report::ModelRow> = models[1..]
+        .iter()
+        .zip(raws)
+        .map(|(m, raw)| report::ModelRow {
+            label: m.label(),
+            raw,
+            server: Vec::new(),
+        })
+        .collect();
 
     let server_args = options.server_args();
     let server_args: Vec<&str> = server_args.iter().map(String::as_str).collect();
     let server = Server::start(&server_args);
     for &c in &options.concurrency {
-        let target = drive::Target::classify(&server.base);
+        let target = drive::Target::classify_model(&server.base, &first.name, first.version);
         let r = runtime.block_on(drive::run(
             &target,
             &faces,
@@ -60,7 +86,19 @@ fn main() {
         ));
         eprintln!("fer-server /v1/classify   c={c:<3} {}", r.summary());
         report.server.push(r);
-        let target = drive::Target::kserve(&server.base, common::MODEL);
+        for (m, row) in models[1..].iter().zip(&mut compared) {
+            let target = drive::Target::classify_model(&server.base, &m.name, m.version);
+            let r = runtime.block_on(drive::run(
+                &target,
+                &faces,
+                options.requests,
+                c,
+                &[server.pid()],
+            ));
+            eprintln!("{:<25} c={c:<3} {}", m.label(), r.summary());
+            row.server.push(r);
+        }
+        let target = drive::Target::kserve(&server.base, &first.name);
         let r = runtime.block_on(drive::run(
             &target,
             &faces,
@@ -70,15 +108,37 @@ fn main() {
         ));
         eprintln!("fer-server /v2 infer      c={c:<3} {}", r.summary());
         report.kserve.push(r);
+        for (label, target, rows) in [
+            (
+                "gRPC ModelInfer",
+                drive::Target::grpc_infer(&server.grpc, &first.name),
+                &mut report.grpc_infer,
+            ),
+            (
+                "gRPC StreamFrames",
+                drive::Target::grpc_stream(&server.grpc, &first.name),
+                &mut report.grpc_stream,
+            ),
+        ] {
+            let r = runtime.block_on(drive::run(
+                &target,
+                &faces,
+                options.requests,
+                c,
+                &[server.pid()],
+            ));
+            eprintln!("fer-server {label:<15}c={c:<3} {}", r.summary());
+            rows.push(r);
+        }
     }
+    report.compared = compared;
     report.server_rss_mib = rss_mib(server.pid());
     drop(server);
 
     let peer = match (&options.peer_url, &options.peer_python) {
         (Some(url), _) => Some((url.clone(), None)),
         (None, Some(python)) => {
-            let model = common::repo().join("models/ferplus/1");
-            let peer = peer::Peer::start(python, &model, options.peer_workers);
+            let peer = peer::Peer::start(python, &first.dir, options.peer_workers);
             Some((peer.base.clone(), Some(peer)))
         }
         (None, None) => None,
@@ -103,6 +163,48 @@ fn main() {
         }
         std::fs::write(out, &text).expect("write report");
         eprintln!("written to {}", out.display());
+    }
+}
+
+/// A measured model version.
+struct ModelVersion {
+    name: String,
+    version: u64,
+    dir: std::path::PathBuf,
+    precision: &'static str,
+}
+
+impl ModelVersion {
+    /// `name` (its newest version in `models/`) or `name/version`.
+    fn resolve(spec: &str) -> Self {
+        let root = common::repo().join("models");
+        let (name, version) = match spec.split_once('/') {
+            Some((name, v)) => (name, v.parse().expect("--model name/version")),
+            None => {
+                let newest = std::fs::read_dir(root.join(spec))
+                    .unwrap_or_else(|e| panic!("models/{spec}: {e}"))
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+                    .max();
+                (
+                    spec,
+                    newest.unwrap_or_else(|| panic!("models/{spec} has no version")),
+                )
+            }
+        };
+        let dir = root.join(name).join(version.to_string());
+        let manifest = fer_contract::Manifest::load(&dir.join("manifest.json"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        ModelVersion {
+            name: name.to_string(),
+            version,
+            dir,
+            precision: manifest.precision.as_str(),
+        }
+    }
+
+    fn label(&self) -> String {
+        format!("{}/{} ({})", self.name, self.version, self.precision)
     }
 }
 

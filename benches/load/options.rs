@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+use clap::ValueEnum;
+use fer_server::backend::{ExecutionProvider, ProviderConfig};
+
 pub struct Options {
     /// Requests per target and concurrency (after the warm-up).
     pub requests: usize,
@@ -20,6 +23,12 @@ pub struct Options {
     pub spinning: bool,
     /// Extra flags for `fer-server serve`.
     pub server_flags: Vec<String>,
+    /// Models measured, `name` (its newest version) or `name/version`; the first is the one the
+    /// full table, the v2 rows and the peer use, the others are compared with it.
+    pub models: Vec<String>,
+    /// Where the server and the raw loop run the models (`--execution-provider`, `--trt-fp16`,
+    /// `--trt-engine-cache`: the server's flags of the same names).
+    pub provider: ProviderConfig,
     pub out: Option<PathBuf>,
 }
 
@@ -35,6 +44,8 @@ impl Options {
             peer_workers: 1,
             spinning: true,
             server_flags: Vec::new(),
+            models: Vec::new(),
+            provider: ProviderConfig::default(),
             out: None,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
@@ -61,6 +72,17 @@ impl Options {
                 "--spinning" => o.spinning = value == "true",
                 "--peer-url" => o.peer_url = Some(value.clone()),
                 "--server-flag" => o.server_flags.push(value),
+                "--model" => o.models.push(value),
+                "--execution-provider" => {
+                    o.provider.requested = ExecutionProvider::from_str(&value, true)
+                        .unwrap_or_else(|e| panic!("--execution-provider: {e}"))
+                }
+                "--trt-fp16" => {
+                    o.provider.trt_fp16 = true;
+                    i += 1;
+                    continue;
+                }
+                "--trt-engine-cache" => o.provider.trt_engine_cache = Some(PathBuf::from(&value)),
                 "--out" => o.out = Some(PathBuf::from(&value)),
                 // `cargo bench` passes `--bench`.
                 "--bench" => {
@@ -71,6 +93,9 @@ impl Options {
             }
             i += 2;
         }
+        if o.models.is_empty() {
+            o.models.push(crate::common::MODEL.to_string());
+        }
         o
     }
 
@@ -80,6 +105,19 @@ impl Options {
             self.max_batch.to_string(),
             format!("--intra-op-spinning={}", self.spinning),
         ];
+        let provider = &self.provider;
+        if provider.requested != ExecutionProvider::Cpu {
+            args.push(format!(
+                "--execution-provider={}",
+                provider.requested.as_str()
+            ));
+        }
+        if provider.trt_fp16 {
+            args.push("--trt-fp16".into());
+        }
+        if let Some(cache) = &provider.trt_engine_cache {
+            args.push(format!("--trt-engine-cache={}", cache.display()));
+        }
         args.extend(self.server_flags.iter().cloned());
         args
     }

@@ -1,6 +1,7 @@
 //! The limit: what ONNX Runtime itself does with the same model and images, with nothing around
 //! it. One thread decodes, preprocesses and runs the session in a loop; the session has the
-//! server's default options (all of the machine's physical cores as intra-op threads).
+//! server's default options (all of the machine's physical cores as intra-op threads) and the
+//! execution provider the server is given.
 
 use std::time::Instant;
 
@@ -27,18 +28,19 @@ impl RawResult {
 }
 
 pub fn measure(
+    dir: &std::path::Path,
     images: &[Vec<u8>],
     count: usize,
     max_batch: usize,
     intra_op_spinning: bool,
+    provider: &fer_server::backend::ProviderConfig,
 ) -> RawResult {
-    let dir = crate::common::repo().join("models/ferplus/1");
     let (_, env) = fer_contract::onnx::runtime(None).expect("ONNX Runtime (make setup)");
     let manifest = Manifest::load(&dir.join("manifest.json")).expect("manifest");
     let options = SessionOptions {
         intra_op_threads: num_cpus::get_physical().max(1),
         intra_op_spinning,
-        ..SessionOptions::default()
+        provider: provider.clone(),
     };
     let (mut session, _) =
         OnnxSession::load(env, &dir.join("model.onnx"), &manifest, &options).expect("session");

@@ -4,12 +4,25 @@ use crate::drive::RunResult;
 use crate::options::Options;
 use crate::raw::RawResult;
 
+/// Another model measured in the same run: its own limit and its `/v1/classify` rows.
+pub struct ModelRow {
+    pub label: String,
+    pub raw: RawResult,
+    pub server: Vec<RunResult>,
+}
+
 pub struct Report {
+    pub model: String,
+    pub compared: Vec<ModelRow>,
     pub requests: usize,
     pub peer_workers: usize,
     pub raw: RawResult,
     pub server: Vec<RunResult>,
     pub kserve: Vec<RunResult>,
+    /// The Open Inference Protocol's gRPC `ModelInfer`, one image a request.
+    pub grpc_infer: Vec<RunResult>,
+    /// `fer.v1.Fer/StreamFrames`, one stream per client, one frame in flight on each.
+    pub grpc_stream: Vec<RunResult>,
     pub peer: Vec<RunResult>,
     pub server_rss_mib: f64,
     pub peer_rss_mib: f64,
@@ -17,13 +30,17 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(options: &Options, raw: RawResult) -> Self {
+    pub fn new(options: &Options, model: String, raw: RawResult) -> Self {
         Report {
+            model,
+            compared: Vec::new(),
             requests: options.requests,
             peer_workers: options.peer_workers,
             raw,
             server: Vec::new(),
             kserve: Vec::new(),
+            grpc_infer: Vec::new(),
+            grpc_stream: Vec::new(),
             peer: Vec::new(),
             server_rss_mib: 0.0,
             peer_rss_mib: 0.0,
@@ -41,7 +58,8 @@ impl Report {
         line(
             &mut out,
             format!(
-                "Model: `models/ferplus/1` (8 classes, 48×48 gray). Images: real FER+ validation faces as JPEG. {} requests per row after a warm-up; fer-server flags: `{}`; peer: FastAPI + onnxruntime + Pillow, {} uvicorn worker(s).",
+                "Model: `{}`. Images: real FER+ validation faces as JPEG. {} requests per row after a warm-up; fer-server flags: `{}`; peer: FastAPI + onnxruntime + Pillow, {} uvicorn worker(s).",
+                self.model,
                 self.requests,
                 self.server_flags.join(" "),
                 self.peer_workers
@@ -133,10 +151,19 @@ impl Report {
             .server
             .iter()
             .chain(&self.kserve)
+            .chain(&self.grpc_infer)
+            .chain(&self.grpc_stream)
             .chain(&self.peer)
+            .chain(self.compared.iter().flat_map(|m| &m.server))
             .map(|r| r.failed)
             .sum();
         line(&mut out, String::new());
+        if !self.grpc_infer.is_empty() {
+            self.grpc(&mut out);
+        }
+        if !self.compared.is_empty() {
+            self.comparison(&mut out);
+        }
         line(&mut out, self.targets());
         line(
             &mut out,
@@ -151,6 +178,68 @@ impl Report {
             ),
         );
         out
+    }
+
+    /// The gRPC rows: the same faces, one per request (`ModelInfer`) or per frame
+    /// (`StreamFrames`), against the same raw limit.
+    fn grpc(&self, out: &mut String) {
+        out.push_str("gRPC, same model and faces (one image per `ModelInfer` request, raw BYTES input as tritonclient sends it; one frame in flight per `StreamFrames` stream, one stream per client):\n\n");
+        out.push_str("| concurrency | ModelInfer req/s | p50 ms | p99 ms | × raw ORT | StreamFrames frames/s | p50 ms | p99 ms | × raw ORT |\n");
+        out.push_str("|---|---|---|---|---|---|---|---|---|\n");
+        let limit = self.raw.limit();
+        for (infer, stream) in self.grpc_infer.iter().zip(&self.grpc_stream) {
+            out.push_str(&format!(
+                "| {} | {:.0} | {:.2} | {:.2} | {:.2}× | {:.0} | {:.2} | {:.2} | {:.2}× |\n",
+                infer.concurrency,
+                infer.throughput(),
+                infer.ms(0.5),
+                infer.ms(0.99),
+                infer.throughput() / limit,
+                stream.throughput(),
+                stream.ms(0.5),
+                stream.ms(0.99),
+                stream.throughput() / limit,
+            ));
+        }
+        out.push('\n');
+    }
+
+    /// The models side by side: each one's raw limit and its best `/v1/classify` throughput,
+    /// against its own limit and against the first model.
+    fn comparison(&self, out: &mut String) {
+        let best = |rows: &[RunResult]| {
+            rows.iter()
+                .max_by(|a, b| a.throughput().total_cmp(&b.throughput()))
+                .map(|r| (r.throughput(), r.concurrency))
+                .unwrap_or((0.0, 0))
+        };
+        let (base_server, _) = best(&self.server);
+        out.push_str(&format!(
+            "Models compared in this run (`/v1/classify`, best concurrency; × {} is against the first model):\n\n",
+            self.model
+        ));
+        out.push_str(&format!(
+            "| model | raw ORT batch 1 img/s | raw ORT batch {} img/s | × first (raw limit) | fer-server req/s (c) | × its raw limit | × first (server) |\n",
+            self.raw.max_batch
+        ));
+        out.push_str("|---|---|---|---|---|---|---|\n");
+        let rows = std::iter::once((&self.model, &self.raw, &self.server[..])).chain(
+            self.compared
+                .iter()
+                .map(|m| (&m.label, &m.raw, &m.server[..])),
+        );
+        for (label, raw, server) in rows {
+            let (req_s, c) = best(server);
+            out.push_str(&format!(
+                "| {label} | {:.0} | {:.0} | {:.2}× | {req_s:.0} (c={c}) | {:.2}× | {:.2}× |\n",
+                raw.batch1_per_s,
+                raw.max_batch_per_s,
+                raw.limit() / self.raw.limit(),
+                req_s / raw.limit(),
+                req_s / base_server,
+            ));
+        }
+        out.push('\n');
     }
 
     /// The targets, each with its measured figure.

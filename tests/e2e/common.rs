@@ -7,8 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The repository: where it was built, or FER_REPO (a prebuilt load harness run elsewhere,
+/// scripts/gpu-check.sh).
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("FER_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 pub fn shared_data() -> PathBuf {
@@ -17,6 +21,16 @@ pub fn shared_data() -> PathBuf {
 
 /// The shipped model every end-to-end test serves.
 pub const MODEL: &str = "ferplus";
+
+/// The version of a shipped model the server serves by default: its newest.
+pub fn serving_version(name: &str) -> u64 {
+    std::fs::read_dir(repo().join("models").join(name))
+        .unwrap_or_else(|e| panic!("models/{name}: {e}"))
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .max()
+        .unwrap_or_else(|| panic!("models/{name} has no version"))
+}
 
 /// A running server; killed on drop.
 pub struct Server {

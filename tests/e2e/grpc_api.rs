@@ -3,7 +3,7 @@
 //! bad frame that does not end the stream), `Classify`, the Open Inference Protocol's ModelInfer
 //! with `raw_input_contents`, error codes, and `grpc.health.v1`.
 
-use crate::common::{Server, ferplus_faces};
+use crate::common::{Server, ferplus_faces, serving_version};
 use fer_server::grpc::proto::fer::v1 as fer;
 use fer_server::grpc::proto::fer::v1::fer_client::FerClient;
 use fer_server::grpc::proto::inference as kserve;
@@ -82,7 +82,10 @@ async fn stream_frames_answers_every_frame_in_order_batched_across_the_stream() 
             continue;
         }
         assert!(r.error.is_empty(), "{}", r.error);
-        assert_eq!((r.model.as_str(), r.version), ("ferplus", 1));
+        assert_eq!(
+            (r.model.as_str(), r.version),
+            ("ferplus", serving_version("ferplus"))
+        );
         let p = r.prediction.as_ref().unwrap();
         assert_eq!(p.scores.len(), 3, "top_k");
         assert_eq!(p.scores[0].label, p.label);
@@ -359,7 +362,10 @@ async fn the_same_request_gets_the_same_answer_over_http_and_grpc() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((grpc.model.as_str(), grpc.version), ("ferplus", 1));
+    assert_eq!(
+        (grpc.model.as_str(), grpc.version),
+        ("ferplus", serving_version("ferplus"))
+    );
     assert_eq!(body["model"]["name"], "ferplus");
     let (h, g) = (&body["results"][0], &grpc.results[0]);
     assert_eq!(h["label"], g.label.as_str());

@@ -2,7 +2,7 @@
 
 use std::io::Cursor;
 
-use crate::common::{Face, MODEL, Server, ferplus_faces};
+use crate::common::{Face, MODEL, Server, ferplus_faces, serving_version};
 use serde_json::Value;
 
 fn client() -> reqwest::Client {
@@ -99,7 +99,7 @@ async fn classifies_real_faces_in_every_request_format() {
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["model"]["name"], MODEL);
-    assert_eq!(body["model"]["version"], 1);
+    assert_eq!(body["model"]["version"], serving_version(MODEL));
     let results = body["results"].as_array().unwrap();
     assert_eq!(results.len(), faces.len(), "one result per image");
     let mut correct = 0;
@@ -287,6 +287,65 @@ fn bomb_png() -> Vec<u8> {
     crc.update(&png[12..29]);
     png[29..33].copy_from_slice(&crc.sum().to_be_bytes());
     png
+}
+
+/// Every shipped INT8 variant loads, says so, and agrees with its FP32 source on clear faces.
+#[tokio::test(flavor = "multi_thread")]
+async fn int8_variants_serve_beside_their_fp32_sources() {
+    let server = Server::start(&[]);
+    let models = get_json(&server, "/v1/models").await;
+    let int8: Vec<(String, String)> = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["manifest"]["precision"] == "int8")
+        .map(|m| {
+            assert_eq!(m["state"], "ready", "{m}");
+            let name = m["name"].as_str().unwrap().to_string();
+            let source = name
+                .strip_suffix("-int8")
+                .expect("named <source>-int8")
+                .to_string();
+            (name, source)
+        })
+        .collect();
+    assert!(
+        int8.iter().any(|(name, _)| name == "ferplus-int8"),
+        "{models}"
+    );
+    let faces: Vec<Face> = ferplus_faces(9, 30);
+    let form = || multipart(&faces.iter().map(|f| f.png.as_slice()).collect::<Vec<_>>());
+    let labels = |body: Value| -> Vec<String> {
+        body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["label"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (name, source) in int8.iter().filter(|(_, s)| s == MODEL) {
+        let mut answers = Vec::new();
+        for model in [name, source] {
+            let r = client()
+                .post(server.url(&format!("/v1/classify?model={model}")))
+                .multipart(form())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{model}");
+            answers.push(labels(r.json().await.unwrap()));
+        }
+        let agree = answers[0]
+            .iter()
+            .zip(&answers[1])
+            .filter(|(a, b)| a == b)
+            .count();
+        assert!(
+            agree + 1 >= faces.len(),
+            "{name} and {source} agree on {agree} of {}",
+            faces.len()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The version of `ferplus` served by default (the newest; the version policy is latest:1).
+SERVING = str(max(int(p.name) for p in (ROOT / "models/ferplus").iterdir() if p.name.isdigit()))
 LABELS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
 
 

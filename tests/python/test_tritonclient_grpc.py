@@ -6,7 +6,7 @@ import queue
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import LABELS, clear_faces
+from conftest import LABELS, SERVING, clear_faces
 from tritonclient.utils import InferenceServerException
 
 
@@ -28,7 +28,7 @@ def test_health_and_metadata(client):
     assert not client.is_model_ready("nope")
     assert client.get_server_metadata().name == "fer-server"
     meta = client.get_model_metadata("ferplus")
-    assert meta.versions == ["1"]
+    assert meta.versions == [SERVING]
     assert [i.name for i in meta.inputs][1] == "image"
     assert list(meta.outputs[1].shape) == [-1, 8]
 
@@ -51,7 +51,7 @@ def test_probabilities_as_a_tensor(client):
     probabilities = result.as_numpy("probabilities")
     assert probabilities.shape == (3, 8)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-    assert result.get_response().model_version == "1"
+    assert result.get_response().model_version == SERVING
 
 
 def test_the_stream_answers_in_order(client):

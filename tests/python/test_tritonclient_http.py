@@ -9,7 +9,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from conftest import LABELS, clear_faces
+from conftest import LABELS, SERVING, clear_faces
 from tritonclient.utils import InferenceServerException
 
 
@@ -40,7 +40,7 @@ def test_health_metadata_and_config(server, addresses):
     assert meta["name"] == "fer-server"
     assert "classification" in meta["extensions"]
     model = server.get_model_metadata("ferplus")
-    assert model["versions"] == ["1"]
+    assert model["versions"] == [SERVING]
     inputs = {i["name"]: i for i in model["inputs"]}
     assert inputs["image"]["datatype"] == "BYTES"
     tensor_input = next(i for i in model["inputs"] if i["name"] != "image")
@@ -115,6 +115,6 @@ def test_wrong_shapes_datatypes_and_sizes_are_clear_errors(server):
 
 def test_the_repository_api(server):
     index = server.get_model_repository_index()
-    assert {"name": "ferplus", "version": "1", "state": "READY", "reason": ""} in index
+    assert {"name": "ferplus", "version": SERVING, "state": "READY", "reason": ""} in index
     server.load_model("ferplus")
     assert server.is_model_ready("ferplus")

@@ -71,7 +71,7 @@ pub fn evaluate_with_flip(
     score_logits(&logits, dataset, classes)
 }
 
-fn score_logits(
+pub fn score_logits(
     logits: &[f32],
     dataset: &Dataset,
     classes: usize,

@@ -241,7 +241,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
 
 /// Moves a finished version folder into place. A new version appears in one rename; an existing one
 /// is first moved aside, then replaced, then deleted.
-fn publish(staging: &Path, dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn publish(staging: &Path, dir: &Path) -> anyhow::Result<()> {
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent)?;
     }

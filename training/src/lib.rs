@@ -14,6 +14,7 @@ pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod prepare;
+pub mod quantize;
 pub mod report;
 pub mod run;
 pub mod ssl;

@@ -103,6 +103,54 @@ enum Command {
         #[arg(long, env = "ORT_DYLIB_PATH")]
         ort_dylib: Option<PathBuf>,
     },
+    /// Write an INT8 variant of an exported model version (ONNX Runtime's static quantizer,
+    /// calibrated on training faces) as models/<name>-int8/<version>/, scored against it.
+    Quantize {
+        /// The FP32 version folder, e.g. models/ferplus/2.
+        #[arg(long = "from", env = "FER_TRAIN_QUANTIZE_FROM")]
+        source: PathBuf,
+        /// Name of the variant (default: the source's name + `-int8`).
+        #[arg(long, env = "FER_TRAIN_NAME")]
+        name: Option<String>,
+        /// Version of the variant (default: the source's version number).
+        #[arg(long, env = "FER_TRAIN_VERSION")]
+        version: Option<u64>,
+        #[arg(long, env = "FER_TRAIN_MODELS_DIR", default_value = "models")]
+        models_dir: PathBuf,
+        /// Folder of the dataset archives (calibration from train, scores on validation).
+        #[arg(long, env = "FER_TRAIN_DATA_DIR", default_value = "../shared/data")]
+        data_dir: PathBuf,
+        /// Training faces the activations are calibrated on.
+        #[arg(long, env = "FER_TRAIN_CALIBRATION_IMAGES", default_value_t = 300)]
+        calibration_images: usize,
+        /// ONNX Runtime's calibration method.
+        #[arg(long, env = "FER_TRAIN_CALIBRATION_METHOD", default_value = "percentile",
+              value_parser = ["minmax", "percentile", "entropy"])]
+        method: String,
+        /// Seed of the calibration sample.
+        #[arg(long, env = "FER_TRAIN_SEED", default_value_t = 42)]
+        seed: u64,
+        /// Python with the quantizer installed (scripts/setup-quantize.sh).
+        #[arg(
+            long,
+            env = "FER_TRAIN_PYTHON",
+            default_value = ".venv-quant/bin/python"
+        )]
+        python: PathBuf,
+        /// Refuse to publish a variant that loses more validation accuracy than this (0.005:
+        /// half a point).
+        #[arg(long, env = "FER_TRAIN_MAX_ACCURACY_DROP", default_value_t = fer_train::quantize::DEFAULT_MAX_ACCURACY_DROP)]
+        max_accuracy_drop: f64,
+        /// Publish even when the variant loses more than --max-accuracy-drop.
+        #[arg(long, env = "FER_TRAIN_FORCE")]
+        force: bool,
+        /// Overwrite the variant's version folder if it exists.
+        #[arg(long, env = "FER_TRAIN_REPLACE")]
+        replace: bool,
+        /// libonnxruntime.so to use (default: the repository's .ort/lib/).
+        #[arg(long, env = "ORT_DYLIB_PATH")]
+        ort_dylib: Option<PathBuf>,
+    },
     /// Score a run's best checkpoint on its validation set, as it is and with test-time flip
     /// (logits averaged over each face and its mirror image).
     Evaluate {
@@ -285,6 +333,55 @@ fn main() -> anyhow::Result<()> {
                     println!("  no earlier version of {name} measured on the same validation set")
                 }
             }
+        }
+        Command::Quantize {
+            source,
+            name,
+            version,
+            models_dir,
+            data_dir,
+            calibration_images,
+            method,
+            seed,
+            python,
+            max_accuracy_drop,
+            force,
+            replace,
+            ort_dylib,
+        } => {
+            let command = format!(
+                "fer-train quantize --from {} --calibration-images {calibration_images} --method {method} --seed {seed}",
+                source.display()
+            );
+            let done = fer_train::quantize::quantize(&fer_train::quantize::QuantizeRequest {
+                source: &source,
+                models_dir: &models_dir,
+                name: name.as_deref(),
+                version,
+                data_dir: &data_dir,
+                calibration_images,
+                method: &method,
+                seed,
+                python: &python,
+                ort_dylib: ort_dylib.as_deref(),
+                max_accuracy_drop,
+                replace,
+                force,
+                command: &command,
+            })?;
+            let c = &done.comparison;
+            println!(
+                "quantized {} on {} validation faces: accuracy {:.4} (FP32 {:.4}), macro-F1 {:.4} (FP32 {:.4}), max |Δprob| {:.3}, same top class on {}/{}",
+                done.dir.display(),
+                c.images,
+                c.int8.accuracy,
+                c.fp32.accuracy,
+                c.int8.macro_f1,
+                c.fp32.macro_f1,
+                c.max_abs_dprob,
+                c.argmax_agree,
+                c.images
+            );
         }
         Command::Evaluate { run, backend } => {
             let dir = RunDir(run);

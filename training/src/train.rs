@@ -50,6 +50,7 @@ pub fn manifest_template(config: &Config, classes: &[String]) -> Manifest {
             name: "logits".into(),
             kind: OutputKind::Logits,
         },
+        precision: Precision::Fp32,
         preprocessing: Preprocessing {
             resize: ResizeMethod::Bilinear,
             scale: 1.0 / 255.0,

@@ -14,7 +14,7 @@ pub mod preprocess;
 
 pub use manifest::{
     Channels, FORMAT_VERSION, InputSpec, Layout, MANIFEST_FILE, MODEL_FILE, Manifest,
-    ManifestError, OutputKind, OutputSpec, Preprocessing, Provenance, ResizeMethod,
+    ManifestError, OutputKind, OutputSpec, Precision, Preprocessing, Provenance, ResizeMethod,
 };
 pub use preprocess::{DecodeLimits, ImageError, Pixels, Preprocessor};
 

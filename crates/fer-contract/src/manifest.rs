@@ -31,8 +31,32 @@ pub struct Manifest {
     pub labels: Vec<String>,
     pub input: InputSpec,
     pub output: OutputSpec,
+    /// Numeric precision of the graph (absent in older manifests: FP32).
+    #[serde(default)]
+    pub precision: Precision,
     pub preprocessing: Preprocessing,
     pub provenance: Provenance,
+}
+
+/// Numeric precision of a graph's weights and activations. The graph's input and output stay
+/// FP32 either way: an INT8 graph quantizes and dequantizes inside (ONNX QDQ), so the server feeds
+/// and reads both the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// 8-bit integer weights and activations, calibrated on training faces (`fer-train quantize`).
+    Int8,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Int8 => "int8",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -274,6 +298,7 @@ pub(crate) mod tests {
                 name: "logits".into(),
                 kind: OutputKind::Logits,
             },
+            precision: Precision::Fp32,
             preprocessing: Preprocessing {
                 resize: ResizeMethod::Bilinear,
                 scale: 1.0 / 255.0,
@@ -285,10 +310,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_manifest_without_precision_is_fp32() {
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value.as_object_mut().unwrap().remove("precision");
+        let m = Manifest::from_json(&value.to_string(), "t").unwrap();
+        assert_eq!(m.precision, Precision::Fp32);
+        value["precision"] = "int4".into();
+        assert!(Manifest::from_json(&value.to_string(), "t").is_err());
+    }
+
+    #[test]
     fn round_trips_through_json() {
         let m = sample();
         let text = serde_json::to_string(&m).unwrap();
         assert_eq!(Manifest::from_json(&text, "t").unwrap(), m);
+        let mut int8 = sample();
+        int8.precision = Precision::Int8;
+        let text = serde_json::to_string(&int8).unwrap();
+        assert!(text.contains(r#""precision":"int8""#), "{text}");
+        assert_eq!(Manifest::from_json(&text, "t").unwrap(), int8);
         assert!(text.contains("\"layout\":\"NCHW\""));
         assert!(text.contains("\"channels\":\"gray\""));
     }

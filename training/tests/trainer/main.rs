@@ -4,4 +4,5 @@
 
 mod prepare;
 mod preprocess_parity;
+mod quantize;
 mod smoke;
