@@ -82,13 +82,17 @@ MODELS=(--model ferplus)
 run() {
   local name=$1; shift
   echo "== $name" >&2
-  if timeout 1500 "$FER_LOAD_BIN" --requests "$REQUESTS" --concurrency "$CONCURRENCY" \
+  if RUST_BACKTRACE=0 timeout 1500 "$FER_LOAD_BIN" --requests "$REQUESTS" --concurrency "$CONCURRENCY" \
       --max-batch 64 --out "$OUT/$name.md" "${MODELS[@]}" "$@" >"$OUT/$name.log" 2>&1; then
     local line
     line=$(grep -m1 '^Targets:' "$OUT/$name.md" || echo "measured")
     echo "| $name | ${line//|/\\|} | [$name.md]($name.md) |" >>"$SUMMARY"
   else
-    echo "| $name | failed: $(tail -n 3 "$OUT/$name.log" | tr '\n|' ' /') | [$name.log]($name.log) |" >>"$SUMMARY"
+    # The harness panics with the reason on the line after "panicked at".
+    local why
+    why=$(grep -m1 -A1 'panicked at' "$OUT/$name.log" | tail -n 1)
+    [ -n "$why" ] || why=$(tail -n 1 "$OUT/$name.log")
+    echo "| $name | failed: ${why//|//} | [$name.log]($name.log) |" >>"$SUMMARY"
   fi
 }
 
