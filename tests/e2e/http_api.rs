@@ -151,7 +151,7 @@ async fn classifies_real_faces_in_every_request_format() {
             &server,
             "application/json",
             json.to_string().into_bytes(),
-            "?model=ferplus&version=1",
+            &format!("?model=ferplus&version={}", serving_version(MODEL)),
         )
         .await;
         assert_eq!(status, 200, "{body}");

@@ -4,6 +4,8 @@
 use anyhow::Context;
 use burn::prelude::*;
 use fer_contract::Preprocessor;
+use ort::session::Session;
+use ort::value::TensorRef;
 
 use crate::augment::AugmentConfig;
 use crate::batch::{ViewKind, images_tensor, view_batch};
@@ -99,4 +101,38 @@ pub fn argmax(row: &[f32]) -> usize {
             if v > bv { (i, v) } else { (bi, bv) }
         })
         .0
+}
+
+/// An ONNX Runtime session's logits on every image of a dataset, in batches (`[n × classes]`,
+/// row-major): the exported graph scored as the server runs it.
+pub fn onnx_logits(
+    session: &mut Session,
+    data: &Dataset,
+    preprocessor: &Preprocessor,
+    batch: usize,
+) -> anyhow::Result<Vec<f32>> {
+    let row = preprocessor.input_len();
+    let (c, h, w) = (
+        data.channels.count(),
+        data.height as usize,
+        data.width as usize,
+    );
+    let mut input = vec![0.0f32; batch * row];
+    let mut logits = Vec::new();
+    for start in (0..data.len()).step_by(batch.max(1)) {
+        let n = batch.min(data.len() - start);
+        for (j, dst) in input[..n * row].chunks_mut(row).enumerate() {
+            preprocessor.normalise_into(&data.pixels(start + j), dst);
+        }
+        let tensor = TensorRef::from_array_view(([n, c, h, w], &input[..n * row]))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let outputs = session
+            .run(ort::inputs![tensor])
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (_, out) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        logits.extend_from_slice(out);
+    }
+    Ok(logits)
 }

@@ -13,7 +13,6 @@ use burn::prelude::*;
 use burn_onnx::export::{AxisSpec, InputSpec, OnnxExporter};
 use fer_contract::{MANIFEST_FILE, MODEL_FILE, Manifest, Preprocessor};
 use ort::session::Session;
-use ort::value::TensorRef;
 
 use crate::config::{Config, Mode};
 use crate::data::Dataset;
@@ -344,31 +343,17 @@ pub fn check_parity(
     device: &Device,
 ) -> anyhow::Result<Parity> {
     let burn_logits = eval::predict(model, data, preprocessor, device, 128)?;
-    let len = preprocessor.input_len();
+    let ort_logits = eval::onnx_logits(session, data, preprocessor, 64)?;
     let classes = burn_logits.len() / data.len().max(1);
-    let shape = [
-        1usize,
-        data.channels.count(),
-        data.height as usize,
-        data.width as usize,
-    ];
     let (mut max_abs_diff, mut argmax_agree) = (0.0f32, 0);
-    let mut row = vec![0.0f32; len];
-    for i in 0..data.len() {
-        preprocessor.normalise_into(&data.pixels(i), &mut row);
-        let input = TensorRef::from_array_view((shape, row.as_slice()))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let outputs = session
-            .run(ort::inputs![input])
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (_, ort_logits) = outputs[0]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mine = &burn_logits[i * classes..(i + 1) * classes];
-        for (a, b) in mine.iter().zip(ort_logits) {
+    for (mine, theirs) in burn_logits
+        .chunks(classes.max(1))
+        .zip(ort_logits.chunks(classes.max(1)))
+    {
+        for (a, b) in mine.iter().zip(theirs) {
             max_abs_diff = max_abs_diff.max((a - b).abs());
         }
-        if argmax(mine) == argmax(ort_logits) {
+        if argmax(mine) == argmax(theirs) {
             argmax_agree += 1;
         }
     }

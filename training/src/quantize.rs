@@ -13,12 +13,11 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use fer_contract::{MANIFEST_FILE, MODEL_FILE, Manifest, Precision, Preprocessor};
 use ort::session::Session;
-use ort::value::TensorRef;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
 use crate::data::{self, Dataset, Source};
-use crate::eval::{argmax, score_logits};
+use crate::eval::{argmax, onnx_logits, score_logits};
 use crate::export::publish;
 use crate::metrics::Scores;
 
@@ -323,39 +322,6 @@ fn quantizer_version(python: &Path) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Runs a session over a dataset in batches, returning the logits row-major.
-pub fn onnx_logits(
-    session: &mut Session,
-    data: &Dataset,
-    preprocessor: &Preprocessor,
-    batch: usize,
-) -> anyhow::Result<Vec<f32>> {
-    let row = preprocessor.input_len();
-    let (c, h, w) = (
-        data.channels.count(),
-        data.height as usize,
-        data.width as usize,
-    );
-    let mut input = vec![0.0f32; batch * row];
-    let mut logits = Vec::new();
-    for start in (0..data.len()).step_by(batch.max(1)) {
-        let n = batch.min(data.len() - start);
-        for (j, dst) in input[..n * row].chunks_mut(row).enumerate() {
-            preprocessor.normalise_into(&data.pixels(start + j), dst);
-        }
-        let tensor = TensorRef::from_array_view(([n, c, h, w], &input[..n * row]))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let outputs = session
-            .run(ort::inputs![tensor])
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (_, out) = outputs[0]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        logits.extend_from_slice(out);
-    }
-    Ok(logits)
 }
 
 fn softmax(row: &[f32]) -> Vec<f32> {
