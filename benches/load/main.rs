@@ -74,7 +74,7 @@ fn main() {
 
     let server_args = options.server_args();
     let server_args: Vec<&str> = server_args.iter().map(String::as_str).collect();
-    let server = Server::start(&server_args);
+    let server = Server::start_shipped(&server_args);
     for &c in &options.concurrency {
         let target = drive::Target::classify_model(&server.base, &first.name, first.version);
         let r = runtime.block_on(drive::run(

@@ -22,6 +22,32 @@ pub fn shared_data() -> PathBuf {
 /// The shipped model every end-to-end test serves.
 pub const MODEL: &str = "ferplus";
 
+/// The repository most tests serve: the shipped `ferplus` and `fer2013`, copied once per test run
+/// (the server loads and warms up every model it finds; the INT8 variants would double each start).
+pub fn test_models() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = repo().join("target/e2e-models");
+        let _ = std::fs::remove_dir_all(&dir);
+        for name in [MODEL, "fer2013"] {
+            copy_dir(&repo().join("models").join(name), &dir.join(name));
+        }
+        dir
+    })
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 /// The version of a shipped model the server serves by default: its newest.
 pub fn serving_version(name: &str) -> u64 {
     std::fs::read_dir(repo().join("models").join(name))
@@ -69,6 +95,11 @@ pub fn serve_command(models: &Path, extra: &[&str]) -> Command {
 impl Server {
     /// Starts `fer-server serve` on 127.0.0.1:0 with extra flags and waits until /readyz says 200.
     pub fn start(extra: &[&str]) -> Server {
+        Self::start_in(test_models(), extra)
+    }
+
+    /// As [`Server::start`], with every shipped model (the INT8 variants too).
+    pub fn start_shipped(extra: &[&str]) -> Server {
         Self::start_in(&repo().join("models"), extra)
     }
 

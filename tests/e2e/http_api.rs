@@ -292,7 +292,7 @@ fn bomb_png() -> Vec<u8> {
 /// Every shipped INT8 variant loads, says so, and agrees with its FP32 source on clear faces.
 #[tokio::test(flavor = "multi_thread")]
 async fn int8_variants_serve_beside_their_fp32_sources() {
-    let server = Server::start(&[]);
+    let server = Server::start_shipped(&[]);
     let models = get_json(&server, "/v1/models").await;
     let int8: Vec<(String, String)> = models["models"]
         .as_array()

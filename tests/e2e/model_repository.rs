@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{MODEL, Server, ferplus_faces, repo, write_version};
+use crate::common::{MODEL, Server, ferplus_faces, write_version};
 use serde_json::Value;
 
 /// A repository with the shipped model plus a copy whose manifest lies about the label count.
@@ -141,7 +141,7 @@ fn offline_classify_prints_labels_per_file() {
             MODEL,
             "--models-dir",
         ])
-        .arg(repo().join("models"))
+        .arg(crate::common::test_models())
         .args(&files)
         .output()
         .unwrap();
@@ -164,7 +164,7 @@ fn offline_classify_prints_labels_per_file() {
     std::fs::write(&junk, b"junk").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_fer-server"))
         .args(["classify", "--default-model", MODEL, "--models-dir"])
-        .arg(repo().join("models"))
+        .arg(crate::common::test_models())
         .arg(&files[0])
         .arg(&junk)
         .output()

@@ -22,7 +22,7 @@ fn run_score_video(args: &[&str]) -> std::process::Output {
         .arg("score-video")
         .args(args)
         .args(["--quiet", "--models-dir"])
-        .arg(repo().join("models"))
+        .arg(crate::common::test_models())
         .output()
         .unwrap()
 }
