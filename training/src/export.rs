@@ -183,19 +183,21 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
         )
         .map_err(|e| anyhow::anyhow!("ONNX export: {e}"))?;
 
-    let staging = req.models_dir.join(".staging").join(format!(
-        "{}-{}-{}",
+    let serving = serving_version(req.models_dir, req.name);
+    let (dir, (parity, figures, serving)) = stage_and_publish(
+        req.models_dir,
         req.name,
         version,
-        std::process::id()
-    ));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)?;
-    }
-    std::fs::create_dir_all(&staging)?;
-    let serving = serving_version(req.models_dir, req.name);
-    let written = write_version(req, &command, &staging, onnx.as_bytes(), manifest, best, &state)
-        .and_then(|(parity, manifest)| {
+        |staging| {
+            let (parity, manifest) = write_version(
+                req,
+                &command,
+                staging,
+                onnx.as_bytes(),
+                manifest,
+                best,
+                &state,
+            )?;
             let figures = Figures::of(&manifest).context("the new manifest has no figures")?;
             let serving = serving
                 .as_ref()
@@ -220,16 +222,8 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
                 );
             }
             Ok((parity, figures, serving))
-        });
-    let (parity, figures, serving) = match written {
-        Ok(done) => done,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
-        }
-    };
-    let dir = req.models_dir.join(req.name).join(version.to_string());
-    publish(&staging, &dir)?;
+        },
+    )?;
     Ok(Exported {
         dir,
         parity,
@@ -238,9 +232,37 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
     })
 }
 
+/// Writes a version of `name` into a staging folder beside the repository (`write` fills it),
+/// then moves it into place as `<models_dir>/<name>/<version>/`; when `write` fails the staging
+/// folder is removed and nothing is published.
+pub(crate) fn stage_and_publish<T>(
+    models_dir: &Path,
+    name: &str,
+    version: u64,
+    write: impl FnOnce(&Path) -> anyhow::Result<T>,
+) -> anyhow::Result<(PathBuf, T)> {
+    let staging = models_dir
+        .join(".staging")
+        .join(format!("{name}-{version}-{}", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
+    let written = match write(&staging) {
+        Ok(written) => written,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    let dir = models_dir.join(name).join(version.to_string());
+    publish(&staging, &dir)?;
+    Ok((dir, written))
+}
+
 /// Moves a finished version folder into place. A new version appears in one rename; an existing one
 /// is first moved aside, then replaced, then deleted.
-pub(crate) fn publish(staging: &Path, dir: &Path) -> anyhow::Result<()> {
+fn publish(staging: &Path, dir: &Path) -> anyhow::Result<()> {
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 
 use crate::data::{self, Dataset, Source};
 use crate::eval::{argmax, onnx_logits, score_logits};
-use crate::export::publish;
+use crate::export::stage_and_publish;
 use crate::metrics::Scores;
 
 /// The quantizer script, carried in the binary so the command works from any directory.
@@ -96,9 +96,12 @@ pub fn quantize(req: &QuantizeRequest) -> anyhow::Result<Quantized> {
         .map(str::to_string)
         .unwrap_or_else(|| format!("{}-int8", source_manifest.name));
     let version = req.version.unwrap_or(source_manifest.version);
-    let dir = req.models_dir.join(&name).join(version.to_string());
-    if dir.exists() && !req.replace {
-        bail!("{} exists: pass --replace to overwrite it", dir.display());
+    let existing = req.models_dir.join(&name).join(version.to_string());
+    if existing.exists() && !req.replace {
+        bail!(
+            "{} exists: pass --replace to overwrite it",
+            existing.display()
+        );
     }
     let dataset = source_of(&source_manifest)?;
     let preprocessor = Preprocessor::new(&source_manifest, fer_contract::DecodeLimits::default());
@@ -109,32 +112,18 @@ pub fn quantize(req: &QuantizeRequest) -> anyhow::Result<Quantized> {
     );
     let labelled = data::load_labelled(dataset, req.data_dir, &preprocessor, side)?;
 
-    let staging = req
-        .models_dir
-        .join(".staging")
-        .join(format!("{name}-{version}-{}", std::process::id()));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)?;
-    }
-    std::fs::create_dir_all(&staging)?;
-    let written = write_variant(
-        req,
-        &staging,
-        &source_manifest,
-        &name,
-        version,
-        &labelled.train,
-        &labelled.val,
-        &preprocessor,
-    );
-    let comparison = match written {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
-        }
-    };
-    publish(&staging, &dir)?;
+    let (dir, comparison) = stage_and_publish(req.models_dir, &name, version, |staging| {
+        write_variant(
+            req,
+            staging,
+            &source_manifest,
+            &name,
+            version,
+            &labelled.train,
+            &labelled.val,
+            &preprocessor,
+        )
+    })?;
     Ok(Quantized { dir, comparison })
 }
 
