@@ -34,6 +34,11 @@ fn request<'a>(
     }
 }
 
+/// Nothing is left half-written beside the repository.
+fn staging_is_empty(models: &Path) -> bool {
+    !models.join(".staging").read_dir().unwrap().any(|_| true)
+}
+
 #[test]
 fn an_int8_variant_keeps_the_accuracy_of_its_source_and_is_published_beside_it() {
     let repo = repo();
@@ -82,14 +87,7 @@ fn an_int8_variant_keeps_the_accuracy_of_its_source_and_is_published_beside_it()
     assert!(has(b"QuantizeLinear") && has(b"DequantizeLinear"));
     let card = std::fs::read_to_string(done.dir.join("MODEL_CARD.md")).unwrap();
     assert!(card.contains("INT8 variant of ferplus/1"), "{card}");
-    assert!(
-        !models
-            .path()
-            .join(".staging")
-            .read_dir()
-            .unwrap()
-            .any(|_| true)
-    );
+    assert!(staging_is_empty(models.path()));
 
     // An existing variant is not overwritten; a variant that loses more than allowed is not
     // published, and leaves nothing behind.
@@ -106,14 +104,7 @@ fn an_int8_variant_keeps_the_accuracy_of_its_source_and_is_published_beside_it()
     let refused = quantize(&strict).err().unwrap().to_string();
     assert!(refused.starts_with("not published"), "{refused}");
     assert!(!models.path().join("ferplus-int8/9").exists());
-    assert!(
-        !models
-            .path()
-            .join(".staging")
-            .read_dir()
-            .unwrap()
-            .any(|_| true)
-    );
+    assert!(staging_is_empty(models.path()));
 
     // An INT8 version is not quantized again.
     let twice = quantize(&request(&done.dir, models.path(), &python, &data))
