@@ -76,36 +76,32 @@ fn main() {
     let server_args: Vec<&str> = server_args.iter().map(String::as_str).collect();
     let server = Server::start_shipped(&server_args);
     for &c in &options.concurrency {
-        let target = drive::Target::classify_model(&server.base, &first.name, first.version);
-        let r = runtime.block_on(drive::run(
-            &target,
-            &faces,
-            options.requests,
-            c,
-            &[server.pid()],
-        ));
-        eprintln!("fer-server /v1/classify   c={c:<3} {}", r.summary());
-        report.server.push(r);
-        for (m, row) in models[1..].iter().zip(&mut compared) {
-            let target = drive::Target::classify_model(&server.base, &m.name, m.version);
-            let r = runtime.block_on(drive::run(
+        let run = |target: drive::Target| {
+            runtime.block_on(drive::run(
                 &target,
                 &faces,
                 options.requests,
                 c,
                 &[server.pid()],
+            ))
+        };
+        let r = run(drive::Target::classify_model(
+            &server.base,
+            &first.name,
+            first.version,
+        ));
+        eprintln!("fer-server /v1/classify   c={c:<3} {}", r.summary());
+        report.server.push(r);
+        for (m, row) in models[1..].iter().zip(&mut compared) {
+            let r = run(drive::Target::classify_model(
+                &server.base,
+                &m.name,
+                m.version,
             ));
             eprintln!("{:<25} c={c:<3} {}", m.label(), r.summary());
             row.server.push(r);
         }
-        let target = drive::Target::kserve(&server.base, &first.name);
-        let r = runtime.block_on(drive::run(
-            &target,
-            &faces,
-            options.requests,
-            c,
-            &[server.pid()],
-        ));
+        let r = run(drive::Target::kserve(&server.base, &first.name));
         eprintln!("fer-server /v2 infer      c={c:<3} {}", r.summary());
         report.kserve.push(r);
         for (label, target, rows) in [
@@ -120,13 +116,7 @@ fn main() {
                 &mut report.grpc_stream,
             ),
         ] {
-            let r = runtime.block_on(drive::run(
-                &target,
-                &faces,
-                options.requests,
-                c,
-                &[server.pid()],
-            ));
+            let r = run(target);
             eprintln!("fer-server {label:<15}c={c:<3} {}", r.summary());
             rows.push(r);
         }
@@ -180,17 +170,7 @@ impl ModelVersion {
         let root = common::repo().join("models");
         let (name, version) = match spec.split_once('/') {
             Some((name, v)) => (name, v.parse().expect("--model name/version")),
-            None => {
-                let newest = std::fs::read_dir(root.join(spec))
-                    .unwrap_or_else(|e| panic!("models/{spec}: {e}"))
-                    .flatten()
-                    .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-                    .max();
-                (
-                    spec,
-                    newest.unwrap_or_else(|| panic!("models/{spec} has no version")),
-                )
-            }
+            None => (spec, common::serving_version(spec)),
         };
         let dir = root.join(name).join(version.to_string());
         let manifest = fer_contract::Manifest::load(&dir.join("manifest.json"))
