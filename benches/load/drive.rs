@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use fer_server::grpc::proto::fer::v1 as fer;
 use fer_server::grpc::proto::fer::v1::fer_client::FerClient;
-use fer_server::grpc::proto::inference as kserve;
 use fer_server::grpc::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use hdrhistogram::Histogram;
 use tonic::transport::Channel;
@@ -150,20 +149,7 @@ impl Connection {
                 Err(_) => false,
             },
             Connection::Infer(client) => {
-                let mut raw = Vec::with_capacity(4 + image.len());
-                raw.extend_from_slice(&(image.len() as u32).to_le_bytes());
-                raw.extend_from_slice(image);
-                let request = kserve::ModelInferRequest {
-                    model_name: target.model.clone(),
-                    inputs: vec![kserve::model_infer_request::InferInputTensor {
-                        name: "image".into(),
-                        datatype: "BYTES".into(),
-                        shape: vec![1],
-                        ..Default::default()
-                    }],
-                    raw_input_contents: vec![raw],
-                    ..Default::default()
-                };
+                let request = crate::common::model_infer_of_images(&target.model, &[image]);
                 client.model_infer(request).await.is_ok()
             }
             Connection::Stream {

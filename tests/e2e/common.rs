@@ -48,6 +48,32 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The Open Inference Protocol's gRPC `ModelInfer` on encoded images, as tritonclient sends them:
+/// one BYTES `image` input, each image after its 4-byte little-endian length in
+/// `raw_input_contents`.
+pub fn model_infer_of_images(
+    model: &str,
+    images: &[&[u8]],
+) -> fer_server::grpc::proto::inference::ModelInferRequest {
+    use fer_server::grpc::proto::inference as kserve;
+    let mut raw = Vec::new();
+    for image in images {
+        raw.extend_from_slice(&(image.len() as u32).to_le_bytes());
+        raw.extend_from_slice(image);
+    }
+    kserve::ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![kserve::model_infer_request::InferInputTensor {
+            name: "image".into(),
+            datatype: "BYTES".into(),
+            shape: vec![images.len() as i64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![raw],
+        ..Default::default()
+    }
+}
+
 /// The version of a shipped model the server serves by default: its newest.
 pub fn serving_version(name: &str) -> u64 {
     std::fs::read_dir(repo().join("models").join(name))

@@ -3,7 +3,7 @@
 //! bad frame that does not end the stream), `Classify`, the Open Inference Protocol's ModelInfer
 //! with `raw_input_contents`, error codes, and `grpc.health.v1`.
 
-use crate::common::{Server, ferplus_faces, serving_version};
+use crate::common::{Server, ferplus_faces, model_infer_of_images, serving_version};
 use fer_server::grpc::proto::fer::v1 as fer;
 use fer_server::grpc::proto::fer::v1::fer_client::FerClient;
 use fer_server::grpc::proto::inference as kserve;
@@ -11,28 +11,15 @@ use fer_server::grpc::proto::inference::grpc_inference_service_client::GrpcInfer
 
 /// ModelInfer on encoded images (BYTES in `raw_input_contents`), asking for the `k` best labels.
 fn top_k_of_images(images: &[&[u8]], k: i64) -> kserve::ModelInferRequest {
-    let mut raw = Vec::new();
-    for image in images {
-        raw.extend_from_slice(&(image.len() as u32).to_le_bytes());
-        raw.extend_from_slice(image);
-    }
     let classification = kserve::InferParameter {
         parameter_choice: Some(kserve::infer_parameter::ParameterChoice::Int64Param(k)),
     };
     kserve::ModelInferRequest {
-        model_name: "ferplus".into(),
-        inputs: vec![kserve::model_infer_request::InferInputTensor {
-            name: "image".into(),
-            datatype: "BYTES".into(),
-            shape: vec![images.len() as i64],
-            ..Default::default()
-        }],
         outputs: vec![kserve::model_infer_request::InferRequestedOutputTensor {
             name: "probabilities".into(),
             parameters: [("classification".to_string(), classification)].into(),
         }],
-        raw_input_contents: vec![raw],
-        ..Default::default()
+        ..model_infer_of_images("ferplus", images)
     }
 }
 
