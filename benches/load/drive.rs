@@ -68,6 +68,15 @@ impl Target {
         }
     }
 
+    /// `/v1/analyze` of one model version: every face of the photo in the body.
+    pub fn analyze(base: &str, name: &str, version: u64) -> Self {
+        Target {
+            url: format!("{base}/v1/analyze?model={name}&version={version}"),
+            model: name.to_string(),
+            kind: Kind::RawImage,
+        }
+    }
+
     pub fn kserve(base: &str, model: &str) -> Self {
         Target {
             url: format!("{base}/v2/models/{model}/infer"),

@@ -4,7 +4,11 @@
 //!
 //! `cargo bench -p fer-server --bench load -- [--requests 2000] [--concurrency 1,4,16,64]
 //!  [--model ferplus] [--model ferplus-int8 ...] [--peer-python .venv-bench/bin/python]
-//!  [--out target/bench/load.md]`
+//!  [--photos DIR] [--photo-requests 300] [--detector PATH] [--out target/bench/load.md]`
+//!
+//! `/v1/analyze` is measured on every JPEG of `--photos` (default `../shared/images/group-photos`
+//! where it exists) scaled to 640×480, with the server's default detector (or `--detector`),
+//! against its own limit: the same detector, crops and model in a raw loop.
 //!
 //! With several `--model`s each gets its own raw-ORT limit and `/v1/classify` rows, compared in
 //! one table (e.g. an FP32 model and its INT8 variant); the first is the one of the full table.
@@ -20,6 +24,7 @@ mod common;
 mod drive;
 mod options;
 mod peer;
+mod photos;
 mod raw;
 mod report;
 
@@ -61,6 +66,38 @@ fn main() {
         )
     });
     let first = &models[0];
+    let photos = match (&options.photos, &options.detector) {
+        (Some(dir), Some(detector)) => {
+            let photos = photos::load(dir);
+            eprintln!(
+                "raw ONNX Runtime on /v1/analyze's path: {} photos of {} at {}×{}, detector {}",
+                photos.len(),
+                dir.display(),
+                photos::PHOTO_SIZE.0,
+                photos::PHOTO_SIZE.1,
+                detector.display()
+            );
+            let raw = photos::measure(
+                detector,
+                &first.dir,
+                &photos,
+                options.photo_requests,
+                options.spinning,
+                &options.provider,
+            );
+            Some((photos, raw))
+        }
+        (None, _) => {
+            eprintln!("no photos (--photos DIR): the /v1/analyze rows are skipped");
+            None
+        }
+        (_, None) => {
+            eprintln!(
+                "no face detector (scripts/setup-detector.sh, or --detector PATH): the /v1/analyze rows are skipped"
+            );
+            None
+        }
+    };
     let mut report = report::Report::new(&options, first.label(), raws.next().expect("a model"));
     let mut compared: Vec<report::ModelRow> = models[1..]
         .iter()
@@ -120,6 +157,22 @@ fn main() {
             eprintln!("fer-server {label:<15}c={c:<3} {}", r.summary());
             rows.push(r);
         }
+    }
+    if let Some((photos, raw)) = photos {
+        let mut rows = Vec::new();
+        for &c in &options.concurrency {
+            let target = drive::Target::analyze(&server.base, &first.name, first.version);
+            let r = runtime.block_on(drive::run(
+                &target,
+                &photos,
+                options.photo_requests,
+                c,
+                &[server.pid()],
+            ));
+            eprintln!("fer-server /v1/analyze    c={c:<3} {}", r.summary());
+            rows.push(r);
+        }
+        report.analyze = Some(report::AnalyzeRows { raw, server: rows });
     }
     report.compared = compared;
     report.server_rss_mib = rss_mib(server.pid());

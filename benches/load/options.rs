@@ -30,6 +30,14 @@ pub struct Options {
     /// `--trt-engine-cache`: the server's flags of the same names).
     pub provider: ProviderConfig,
     pub out: Option<PathBuf>,
+    /// Photos for the `/v1/analyze` rows (every JPEG in it, scaled to 640×480); none found: the
+    /// rows are skipped.
+    pub photos: Option<PathBuf>,
+    /// Photos per `/v1/analyze` row and for its raw loop (after a warm-up).
+    pub photo_requests: usize,
+    /// The face detector of the `/v1/analyze` rows, for the server and the raw loop alike; none:
+    /// the default (CenterFace, as `scripts/setup-detector.sh` installs it).
+    pub detector: Option<PathBuf>,
 }
 
 impl Options {
@@ -47,6 +55,9 @@ impl Options {
             models: Vec::new(),
             provider: ProviderConfig::default(),
             out: None,
+            photos: None,
+            photo_requests: 300,
+            detector: None,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -84,6 +95,9 @@ impl Options {
                 }
                 "--trt-engine-cache" => o.provider.trt_engine_cache = Some(PathBuf::from(&value)),
                 "--out" => o.out = Some(PathBuf::from(&value)),
+                "--photos" => o.photos = Some(PathBuf::from(&value)),
+                "--photo-requests" => o.photo_requests = number(),
+                "--detector" => o.detector = Some(PathBuf::from(&value)),
                 // `cargo bench` passes `--bench`.
                 "--bench" => {
                     i += 1;
@@ -95,6 +109,13 @@ impl Options {
         }
         if o.models.is_empty() {
             o.models.push(crate::common::MODEL.to_string());
+        }
+        if o.photos.is_none() {
+            let shared = crate::common::repo().join("../shared/images/group-photos");
+            o.photos = shared.is_dir().then_some(shared);
+        }
+        if o.detector.is_none() {
+            o.detector = fer_contract::detect::locate_default_detector();
         }
         o
     }
@@ -117,6 +138,9 @@ impl Options {
         }
         if let Some(cache) = &provider.trt_engine_cache {
             args.push(format!("--trt-engine-cache={}", cache.display()));
+        }
+        if let Some(detector) = &self.detector {
+            args.push(format!("--detector={}", detector.display()));
         }
         args.extend(self.server_flags.iter().cloned());
         args

@@ -2,7 +2,14 @@
 
 use crate::drive::RunResult;
 use crate::options::Options;
+use crate::photos::RawAnalyze;
 use crate::raw::RawResult;
+
+/// `/v1/analyze` on photos: its own raw limit and the server's rows.
+pub struct AnalyzeRows {
+    pub raw: RawAnalyze,
+    pub server: Vec<RunResult>,
+}
 
 /// Another model measured in the same run: its own limit and its `/v1/classify` rows.
 pub struct ModelRow {
@@ -24,6 +31,7 @@ pub struct Report {
     /// `fer.v1.Fer/StreamFrames`, one stream per client, one frame in flight on each.
     pub grpc_stream: Vec<RunResult>,
     pub peer: Vec<RunResult>,
+    pub analyze: Option<AnalyzeRows>,
     pub server_rss_mib: f64,
     pub peer_rss_mib: f64,
     pub server_flags: Vec<String>,
@@ -42,6 +50,7 @@ impl Report {
             grpc_infer: Vec::new(),
             grpc_stream: Vec::new(),
             peer: Vec::new(),
+            analyze: None,
             server_rss_mib: 0.0,
             peer_rss_mib: 0.0,
             server_flags: options.server_args(),
@@ -58,11 +67,18 @@ impl Report {
         line(
             &mut out,
             format!(
-                "Model: `{}`. Images: real FER+ validation faces as JPEG. {} requests per row after a warm-up; fer-server flags: `{}`; peer: FastAPI + onnxruntime + Pillow, {} uvicorn worker(s).",
+                "Model: `{}`. Images: real FER+ validation faces as JPEG. {} requests per row after a warm-up; fer-server flags: `{}`{}.",
                 self.model,
                 self.requests,
                 self.server_flags.join(" "),
-                self.peer_workers
+                if self.peer.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; peer: FastAPI + onnxruntime + Pillow, {} uvicorn worker(s)",
+                        self.peer_workers
+                    )
+                }
             ),
         );
         line(&mut out, String::new());
@@ -154,12 +170,16 @@ impl Report {
             .chain(&self.grpc_infer)
             .chain(&self.grpc_stream)
             .chain(&self.peer)
+            .chain(self.analyze.iter().flat_map(|a| &a.server))
             .chain(self.compared.iter().flat_map(|m| &m.server))
             .map(|r| r.failed)
             .sum();
         line(&mut out, String::new());
         if !self.grpc_infer.is_empty() {
             self.grpc(&mut out);
+        }
+        if let Some(analyze) = &self.analyze {
+            self.photos(analyze, &mut out);
         }
         if !self.compared.is_empty() {
             self.comparison(&mut out);
@@ -199,6 +219,37 @@ impl Report {
                 stream.ms(0.5),
                 stream.ms(0.99),
                 stream.throughput() / limit,
+            ));
+        }
+        out.push('\n');
+    }
+
+    /// The `/v1/analyze` rows: photos per second against the raw loop's, faces per second beside.
+    fn photos(&self, analyze: &AnalyzeRows, out: &mut String) {
+        let raw = &analyze.raw;
+        let per_photo = raw.faces_per_photo;
+        out.push_str(&format!(
+            "`/v1/analyze`, {}×{} photos of several people, every face detected, cropped and classified with `{}` (one photo a request). Raw ONNX Runtime, one thread decoding + detecting + cropping + one `session.run` over the photo's faces: **{:.1} photos/s** ({:.1} faces/s, {per_photo:.1} faces a photo; p50 {:.1} ms, {:.0} µs CPU a photo).\n\n",
+            crate::photos::PHOTO_SIZE.0,
+            crate::photos::PHOTO_SIZE.1,
+            self.model,
+            raw.photos_per_s,
+            raw.photos_per_s * per_photo,
+            raw.latency.value_at_quantile(0.5) as f64 / 1000.0,
+            raw.cpu_us,
+        ));
+        out.push_str("| concurrency | photos/s | faces/s | p50 ms | p99 ms | × raw ORT | server CPU µs a photo |\n");
+        out.push_str("|---|---|---|---|---|---|---|\n");
+        for r in &analyze.server {
+            out.push_str(&format!(
+                "| {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.2}× | {:.0} |\n",
+                r.concurrency,
+                r.throughput(),
+                r.throughput() * per_photo,
+                r.ms(0.5),
+                r.ms(0.99),
+                r.throughput() / raw.photos_per_s,
+                r.cpu_us_per_request(),
             ));
         }
         out.push('\n');

@@ -1,10 +1,9 @@
 //! Face detection: the contract's detectors (CenterFace, UltraFace) (shared with the trainer, which measures its
 //! datasets' framing with it), its errors mapped into the backend's.
 
-pub use fer_contract::detect::align::{TRAINING_LANDMARKS, aligned_crop};
 pub use fer_contract::detect::{
     DetectError, DetectOptions, Detection, DetectorKind, FaceDetector, Landmarks, crop_box,
-    non_maximum_suppression,
+    face_crop, non_maximum_suppression,
 };
 
 use super::BackendError;

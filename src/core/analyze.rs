@@ -10,10 +10,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use fer_contract::{DecodeLimits, Pixels};
 
-use crate::backend::detector::{
-    DetectOptions, Detection, DetectorKind, FaceDetector, TRAINING_LANDMARKS, aligned_crop,
-    crop_box,
-};
+use crate::backend::detector::{DetectOptions, Detection, DetectorKind, FaceDetector, face_crop};
 use crate::core::classify::{self, Prediction};
 use crate::core::registry::LoadedModel;
 use crate::error::{Error, InferenceError};
@@ -112,26 +109,6 @@ impl DetectorPool {
             .map_err(|_| Error::Internal)
     }
 
-    /// The crop of one face that is classified: turned upright by its landmarks when `align` and
-    /// the detector found them, else the square around its box; framed as the training data, with
-    /// `margin` of the side added on each side.
-    fn crop(&self, image: &Pixels, face: &Detection, margin: f32, align: bool) -> Pixels {
-        if align
-            && let Some(crop) = face
-                .landmarks
-                .and_then(|marks| aligned_crop(image, &marks, &TRAINING_LANDMARKS, margin))
-        {
-            return crop;
-        }
-        let (x, y, w, h) = crop_box(
-            face,
-            self.kind.crop_margin(margin),
-            image.width,
-            image.height,
-        );
-        image.crop(x, y, w, h)
-    }
-
     /// Decodes one photo and finds its faces (blocking).
     fn detect(
         &self,
@@ -210,7 +187,7 @@ pub async fn analyze(
             let crops = faces
                 .iter()
                 .map(|d| {
-                    let crop = pool.crop(&image, d, options.margin, options.align);
+                    let crop = face_crop(pool.kind, &image, d, options.margin, options.align);
                     prepare
                         .preprocessor
                         .prepare(&crop)

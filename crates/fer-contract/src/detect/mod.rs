@@ -374,6 +374,29 @@ pub fn crop_box(d: &Detection, margin: f32, width: u32, height: u32) -> (u32, u3
     )
 }
 
+/// The crop of one face that is classified, framed as the training data frames faces: turned
+/// upright by its landmarks when `align` and the detector found them ([`align::aligned_crop`]),
+/// else the square around its box with the detector family's training margin ([`crop_box`]);
+/// `margin` of the side is added on each side beyond that framing. One function for the server's
+/// `/v1/analyze` and the load harness's raw loop, so both crop the same way.
+pub fn face_crop(
+    kind: DetectorKind,
+    image: &Pixels,
+    face: &Detection,
+    margin: f32,
+    align: bool,
+) -> Pixels {
+    if align
+        && let Some(crop) = face.landmarks.and_then(|marks| {
+            align::aligned_crop(image, &marks, &align::TRAINING_LANDMARKS, margin)
+        })
+    {
+        return crop;
+    }
+    let (x, y, w, h) = crop_box(face, kind.crop_margin(margin), image.width, image.height);
+    image.crop(x, y, w, h)
+}
+
 /// Greedy NMS: best first, dropping boxes that overlap a kept one by more than `iou`.
 pub fn non_maximum_suppression(mut boxes: Vec<Detection>, iou: f32) -> Vec<Detection> {
     boxes.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -415,6 +438,35 @@ mod tests {
         assert!(
             (d(0.0, 0.0, 10.0, 10.0, 0.0).iou(&d(5.0, 0.0, 15.0, 10.0, 0.0)) - 1.0 / 3.0).abs()
                 < 1e-6
+        );
+    }
+
+    /// Aligned by the landmarks when asked and they exist; otherwise the box with the family's
+    /// training margin.
+    #[test]
+    fn a_face_is_cropped_by_its_landmarks_or_else_by_its_box() {
+        let image = Pixels::new(200, 200, Channels::Rgb, vec![128; 200 * 200 * 3]);
+        let boxed = d(80.0, 80.0, 120.0, 120.0, 0.9);
+        let kind = DetectorKind::CenterFace;
+        let side = |margin: f32| (40.0 * (1.0 + 2.0 * kind.crop_margin(margin))).round() as u32;
+        for align in [false, true] {
+            let crop = face_crop(kind, &image, &boxed, 0.0, align);
+            assert_eq!((crop.width, crop.height), (side(0.0), side(0.0)));
+        }
+        let wider = face_crop(kind, &image, &boxed, 0.25, false);
+        assert_eq!(wider.width, side(0.25));
+        // The template's landmarks scaled to 30 px at (60, 60): the aligned crop is 30 px.
+        let marked = Detection {
+            landmarks: Some(std::array::from_fn(|k| {
+                let [u, v] = align::TRAINING_LANDMARKS[k];
+                [60.0 + 30.0 * u, 60.0 + 30.0 * v]
+            })),
+            ..boxed
+        };
+        assert_eq!(face_crop(kind, &image, &marked, 0.0, true).width, 30);
+        assert_eq!(
+            face_crop(kind, &image, &marked, 0.0, false).width,
+            side(0.0)
         );
     }
 
