@@ -38,6 +38,13 @@ pub const FERPLUS_CLASSES: [&str; 8] = [
 ];
 
 impl Source {
+    /// The dataset whose classes are `labels`, in order (a model's manifest labels).
+    pub fn of_labels(labels: &[String]) -> Option<Source> {
+        [Source::Fer2013, Source::Ferplus]
+            .into_iter()
+            .find(|s| s.classes() == labels)
+    }
+
     pub fn classes(self) -> Vec<String> {
         match self {
             Source::Fer2013 => FER2013_CLASSES.map(String::from).to_vec(),

@@ -9,6 +9,7 @@ pub mod ema;
 pub mod eval;
 pub mod export;
 pub mod framing;
+pub mod frontier;
 pub mod glyphs;
 pub mod loss;
 pub mod metrics;

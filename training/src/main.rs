@@ -151,6 +151,33 @@ enum Command {
         #[arg(long, env = "ORT_DYLIB_PATH")]
         ort_dylib: Option<PathBuf>,
     },
+    /// The accuracy-for-cost frontier: score and time every model of a points file in one run,
+    /// then draw frontier.svg (accuracy against MACs and against faces/s) and frontier.md.
+    Frontier {
+        /// The models (version folders and their networks' configs) and published points.
+        #[arg(
+            long,
+            env = "FER_TRAIN_FRONTIER_POINTS",
+            default_value = "training/frontier/frontier.toml"
+        )]
+        points: PathBuf,
+        /// Folder of the dataset archives (the validation sets).
+        #[arg(long, env = "FER_TRAIN_DATA_DIR", default_value = "../shared/data")]
+        data_dir: PathBuf,
+        /// The large batch faces are timed at (the server's --max-batch-size).
+        #[arg(long, env = "FER_TRAIN_FRONTIER_BATCH", default_value_t = 32)]
+        batch: usize,
+        /// Where frontier.svg and frontier.md are written.
+        #[arg(
+            long,
+            env = "FER_TRAIN_FRONTIER_OUT",
+            default_value = "training/frontier"
+        )]
+        out_dir: PathBuf,
+        /// libonnxruntime.so to use (default: the repository's .ort/lib/).
+        #[arg(long, env = "ORT_DYLIB_PATH")]
+        ort_dylib: Option<PathBuf>,
+    },
     /// Score a run's best checkpoint on its validation set, as it is and with test-time flip
     /// (logits averaged over each face and its mirror image).
     Evaluate {
@@ -381,6 +408,27 @@ fn main() -> anyhow::Result<()> {
                 c.max_abs_dprob,
                 c.argmax_agree,
                 c.images
+            );
+        }
+        Command::Frontier {
+            points,
+            data_dir,
+            batch,
+            out_dir,
+            ort_dylib,
+        } => {
+            let measured = fer_train::frontier::frontier(&fer_train::frontier::FrontierRequest {
+                points: &points,
+                data_dir: &data_dir,
+                ort_dylib: ort_dylib.as_deref(),
+                batch,
+                out_dir: &out_dir,
+            })?;
+            println!(
+                "{} models measured; {} and {} written",
+                measured.len(),
+                out_dir.join("frontier.svg").display(),
+                out_dir.join("frontier.md").display()
             );
         }
         Command::Evaluate { run, backend } => {

@@ -71,10 +71,7 @@ pub struct Quantized {
 
 /// Which labelled dataset a model was trained on, from its labels.
 fn source_of(manifest: &Manifest) -> anyhow::Result<Source> {
-    [Source::Fer2013, Source::Ferplus]
-        .into_iter()
-        .find(|s| s.classes() == manifest.labels)
-        .with_context(|| {
+    Source::of_labels(&manifest.labels).with_context(|| {
             format!(
                 "{}/{}: its labels are neither FER2013's nor FER+'s, so there is no validation set to score it on",
                 manifest.name, manifest.version
