@@ -229,7 +229,7 @@ impl Report {
         let raw = &analyze.raw;
         let per_photo = raw.faces_per_photo;
         out.push_str(&format!(
-            "`/v1/analyze`, {}×{} photos of several people, every face detected, cropped and classified with `{}` (one photo a request). Raw ONNX Runtime, one thread decoding + detecting + cropping + one `session.run` over the photo's faces: **{:.1} photos/s** ({:.1} faces/s, {per_photo:.1} faces a photo; p50 {:.1} ms, {:.0} µs CPU a photo).\n\n",
+            "`/v1/analyze`, {}×{} photos of several people, every face detected, cropped and classified with `{}` (one photo a request). Raw ONNX Runtime, one thread decoding + detecting + cropping + one `session.run` over the photo's faces: **{:.1} photos/s** ({:.1} faces/s, {per_photo:.1} faces a photo; p50 {:.1} ms, {:.0} µs CPU a photo). The server's faces/s: its photos/s × the faces a photo the raw loop found.\n\n",
             crate::photos::PHOTO_SIZE.0,
             crate::photos::PHOTO_SIZE.1,
             self.model,
