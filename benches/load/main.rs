@@ -245,13 +245,15 @@ impl ModelVersion {
 fn faces(n: usize) -> Vec<Vec<u8>> {
     common::ferplus_faces(0, n)
         .into_iter()
-        .map(|face| {
-            let image = image::load_from_memory(&face.png).expect("FER+ png");
-            let mut out = std::io::Cursor::new(Vec::new());
-            image
-                .write_to(&mut out, image::ImageFormat::Jpeg)
-                .expect("encode jpeg");
-            out.into_inner()
-        })
+        .map(|face| jpeg(&image::load_from_memory(&face.png).expect("FER+ png")))
         .collect()
+}
+
+/// An image as the JPEG a client would send (the `image` crate's default quality).
+fn jpeg(image: &image::DynamicImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut out, image::ImageFormat::Jpeg)
+        .expect("encode jpeg");
+    out.into_inner()
 }

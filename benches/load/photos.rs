@@ -41,11 +41,7 @@ pub fn load(dir: &Path) -> Vec<Vec<u8>> {
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
                 .resize_to_fill(width, height, image::imageops::FilterType::Triangle)
                 .to_rgb8();
-            let mut out = std::io::Cursor::new(Vec::new());
-            photo
-                .write_to(&mut out, image::ImageFormat::Jpeg)
-                .expect("encode jpeg");
-            out.into_inner()
+            crate::jpeg(&photo.into())
         })
         .collect()
 }
