@@ -2,7 +2,8 @@
 # The GPU check in one run: on a machine with an NVIDIA GPU, the load harness (benches/load)
 # measures the shipped models on ONNX Runtime's CUDA provider, on TensorRT (FP32, FP16) and, where
 # an INT8 variant ships, on TensorRT with its QDQ graph; each against raw ONNX Runtime on the same
-# provider, in one run. Writes one table per provider and a summary to OUT (default
+# provider, in one run (with `/v1/analyze` rows where the detector and ../shared/images are there:
+# the detector runs on the CPU). Writes one table per provider and a summary to OUT (default
 # target/bench/gpu/), and prints the summary.
 #
 #   scripts/gpu-check.sh [--out DIR] [--requests N] [--concurrency 1,16,64,256] [--offline]
@@ -68,7 +69,9 @@ export FER_SERVER_BIN FER_LOAD_BIN
 export FER_REPO=$PWD
 
 MODELS=(--model ferplus)
-[ -d models/ferplus-int8 ] && MODELS+=(--model ferplus-int8)
+for m in ferplus-int8 ferplus-small; do
+  [ -d "models/$m" ] && MODELS+=(--model "$m")
+done
 
 {
   echo "# GPU check, $(date -u +%Y-%m-%dT%H:%MZ)"
