@@ -179,8 +179,13 @@ pub enum ConfigError {
     #[error("{0}: {1}")]
     Parse(String, toml::de::Error),
     #[error("{0}: {1}")]
-    Invalid(String, String),
+    Invalid(String, InvalidConfig),
 }
+
+/// Settings that contradict each other; the text says which.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidConfig(pub String);
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -194,56 +199,63 @@ impl Config {
         Ok(config)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks that the settings are consistent with each other; the error says what is wrong.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        self.first_problem()
+            .map_or(Ok(()), |problem| Err(InvalidConfig(problem)))
+    }
+
+    /// The first inconsistency found, in words, or `None`.
+    fn first_problem(&self) -> Option<String> {
         if !(self.labelled_fraction > 0.0 && self.labelled_fraction <= 1.0) {
-            return Err("labelled_fraction must be in (0, 1]".into());
+            return Some("labelled_fraction must be in (0, 1]".into());
         }
         if self.epochs == 0 || self.batch_size == 0 {
-            return Err("epochs and batch_size must be positive".into());
+            return Some("epochs and batch_size must be positive".into());
         }
         if self.checkpoint_every == 0 {
-            return Err("checkpoint_every must be at least 1 (steps between checkpoints)".into());
+            return Some("checkpoint_every must be at least 1 (steps between checkpoints)".into());
         }
         if self.optimizer.learning_rate <= 0.0 {
-            return Err("optimizer.learning_rate must be positive".into());
+            return Some("optimizer.learning_rate must be positive".into());
         }
         if self.model.widths.is_empty() {
-            return Err("model.widths must list at least one stage".into());
+            return Some("model.widths must list at least one stage".into());
         }
         if self.loss.soft_targets && self.data != Source::Ferplus {
-            return Err(
+            return Some(
                 "loss.soft_targets needs data = \"ferplus\" (the only dataset with votes)".into(),
             );
         }
         if self.loss.soft_targets && self.loss.class_weights {
-            return Err("loss.soft_targets and loss.class_weights cannot be combined".into());
+            return Some("loss.soft_targets and loss.class_weights cannot be combined".into());
         }
         if let Some(d) = self.ema_decay
             && !(0.0..1.0).contains(&d)
         {
-            return Err("ema_decay must be in [0, 1)".into());
+            return Some("ema_decay must be in [0, 1)".into());
         }
         if self.mode.is_semi_supervised() {
             if self.ema_decay.is_none() {
-                return Err(format!(
+                return Some(format!(
                     "mode {} needs ema_decay (its teacher is the EMA of the weights)",
                     self.mode.name()
                 ));
             }
             let ssl = &self.ssl;
             if ssl.mu == 0 {
-                return Err("ssl.mu must be positive".into());
+                return Some("ssl.mu must be positive".into());
             }
             if ssl.unlabelled.is_empty() && !(ssl.rest_of_train && self.labelled_fraction < 1.0) {
-                return Err("semi-supervised modes need unlabelled data: ssl.unlabelled, or ssl.rest_of_train with labelled_fraction < 1".into());
+                return Some("semi-supervised modes need unlabelled data: ssl.unlabelled, or ssl.rest_of_train with labelled_fraction < 1".into());
             }
             if !(0.0..=1.0).contains(&ssl.tau) || !(0.0..1.0).contains(&ssl.threshold_decay) {
-                return Err("ssl.tau must be in [0, 1] and ssl.threshold_decay in [0, 1)".into());
+                return Some("ssl.tau must be in [0, 1] and ssl.threshold_decay in [0, 1)".into());
             }
             if let Some(r) = &ssl.reframe
                 && !(r.margin > -0.5 && r.shift.abs() < 1.0)
             {
-                return Err("ssl.reframe needs margin > -0.5 and |shift| < 1".into());
+                return Some("ssl.reframe needs margin > -0.5 and |shift| < 1".into());
             }
             let d = &ssl.dtm;
             if !(0.0 < d.floor
@@ -251,10 +263,10 @@ impl Config {
                 && d.tau_start <= d.tau_end
                 && d.tau_end <= 1.0)
             {
-                return Err("ssl.dtm needs 0 < floor ≤ tau_start ≤ tau_end ≤ 1".into());
+                return Some("ssl.dtm needs 0 < floor ≤ tau_start ≤ tau_end ≤ 1".into());
             }
         }
-        Ok(())
+        None
     }
 }
 
@@ -299,6 +311,7 @@ mod tests {
         assert!(
             parse("checkpoint_every = 0\n")
                 .unwrap_err()
+                .0
                 .contains("checkpoint_every")
         );
         assert!(parse("checkpoint_every = 1\n").is_ok());
@@ -316,6 +329,7 @@ mod tests {
         assert!(
             parse("mode = \"dtm\"\n", "")
                 .unwrap_err()
+                .0
                 .contains("ema_decay")
         );
         assert!(parse("mode = \"dtm\"\nema_decay = 0.999\n", "").is_ok());

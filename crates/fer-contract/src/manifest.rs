@@ -167,9 +167,17 @@ pub enum ManifestError {
         path: String,
         source: serde_json::Error,
     },
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    #[error("{path}: {source}")]
+    Invalid {
+        path: String,
+        source: InvalidManifest,
+    },
 }
+
+/// A manifest whose fields contradict each other or the contract; the text says which.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidManifest(pub String);
 
 impl Manifest {
     /// Reads and validates a manifest file.
@@ -191,9 +199,9 @@ impl Manifest {
             })?;
         manifest
             .validate()
-            .map_err(|message| ManifestError::Invalid {
+            .map_err(|source| ManifestError::Invalid {
                 path: origin.to_string(),
-                message,
+                source,
             })?;
         Ok(manifest)
     }
@@ -210,9 +218,15 @@ impl Manifest {
     }
 
     /// Checks the manifest's internal consistency; the message says what is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidManifest> {
+        self.first_problem()
+            .map_or(Ok(()), |problem| Err(InvalidManifest(problem)))
+    }
+
+    /// The first inconsistency found, in words, or `None`.
+    fn first_problem(&self) -> Option<String> {
         if self.format_version != FORMAT_VERSION {
-            return Err(format!(
+            return Some(format!(
                 "format_version {} is not supported (this build reads {FORMAT_VERSION})",
                 self.format_version
             ));
@@ -223,29 +237,29 @@ impl Manifest {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         {
-            return Err(format!(
+            return Some(format!(
                 "name {:?} must be non-empty ASCII letters, digits, '-', '_' or '.'",
                 self.name
             ));
         }
         if self.labels.len() < 2 {
-            return Err("labels must list at least two classes".into());
+            return Some("labels must list at least two classes".into());
         }
         let mut seen = std::collections::HashSet::new();
         for label in &self.labels {
             if label.is_empty() {
-                return Err("labels must not be empty strings".into());
+                return Some("labels must not be empty strings".into());
             }
             if !seen.insert(label) {
-                return Err(format!("label {label:?} appears twice"));
+                return Some(format!("label {label:?} appears twice"));
             }
         }
         if self.input.name.is_empty() || self.output.name.is_empty() {
-            return Err("input.name and output.name must name graph tensors".into());
+            return Some("input.name and output.name must name graph tensors".into());
         }
         for (side, value) in [("height", self.input.height), ("width", self.input.width)] {
             if value == 0 || value > MAX_INPUT_SIDE {
-                return Err(format!(
+                return Some(format!(
                     "input.{side} {value} must be between 1 and {MAX_INPUT_SIDE}"
                 ));
             }
@@ -253,7 +267,7 @@ impl Manifest {
         let channels = self.input.channels.count();
         let p = &self.preprocessing;
         if p.mean.len() != channels || p.std.len() != channels {
-            return Err(format!(
+            return Some(format!(
                 "preprocessing.mean and preprocessing.std need {channels} value(s) for {:?} input, got {} and {}",
                 self.input.channels,
                 p.mean.len(),
@@ -261,14 +275,14 @@ impl Manifest {
             ));
         }
         if !p.scale.is_finite() || p.scale <= 0.0 {
-            return Err("preprocessing.scale must be a positive number".into());
+            return Some("preprocessing.scale must be a positive number".into());
         }
         if p.std.iter().any(|s| !s.is_finite() || *s <= 0.0)
             || p.mean.iter().any(|m| !m.is_finite())
         {
-            return Err("preprocessing.std must be positive and mean finite".into());
+            return Some("preprocessing.std must be positive and mean finite".into());
         }
-        Ok(())
+        None
     }
 
     /// Number of `f32` values one preprocessed image occupies in the input tensor.
