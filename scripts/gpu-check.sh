@@ -69,7 +69,7 @@ export FER_SERVER_BIN FER_LOAD_BIN
 export FER_REPO=$PWD
 
 MODELS=(--model ferplus)
-for m in ferplus-int8 ferplus-small; do
+for m in ferplus-int8 ferplus-medium ferplus-small; do
   [ -d "models/$m" ] && MODELS+=(--model "$m")
 done
 

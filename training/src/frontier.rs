@@ -446,7 +446,7 @@ fn draw_points<'a, X>(
 where
     X: Ranged<ValueType = f64>,
 {
-    for (px, py, label, colour, shape) in points {
+    for (i, (px, py, label, colour, shape)) in points.iter().enumerate() {
         let at = (*px, *py);
         match shape {
             Shape::Fp32 => chart.draw_series(std::iter::once(Circle::new(at, 6, colour.filled()))),
@@ -463,7 +463,7 @@ where
                 EmptyElement::at(at)
                     + Text::new(
                         label.clone(),
-                        (9, if matches!(shape, Shape::Int8) { 6 } else { -16 }),
+                        (9, if label_below(points, i) { 6 } else { -16 }),
                         ("sans-serif", 12).into_font().color(colour),
                     ),
             ))
@@ -472,9 +472,35 @@ where
     Ok(())
 }
 
+/// Whether point `i`'s label goes below it rather than above: when another point sits close by
+/// (within a point of accuracy and 25 % along x) and higher, so each label stays beside its own
+/// marker (an FP32 model and its INT8 variant are such pairs, either one the more accurate).
+fn label_below(points: &[Point], i: usize) -> bool {
+    let (x, y, ..) = points[i];
+    points.iter().enumerate().any(|(j, &(qx, qy, ..))| {
+        let near = (qy - y).abs() < 1.0 && qx / x < 1.25 && x / qx < 1.25;
+        j != i && near && (qy > y || (qy == y && j < i))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn of_two_close_points_the_lower_ones_label_goes_below() {
+        let p = |x: f64, y: f64| (x, y, String::new(), BLACK, Shape::Fp32);
+        let points = [
+            p(320.0, 66.9),
+            p(318.0, 67.15),
+            p(1200.0, 66.9),
+            p(600.0, 83.0),
+        ];
+        assert!(label_below(&points, 0), "lower of the close pair");
+        assert!(!label_below(&points, 1), "higher of the close pair");
+        assert!(!label_below(&points, 2), "alone at its x");
+        assert!(!label_below(&points, 3), "alone at its y");
+    }
 
     #[test]
     fn the_points_file_of_the_repository_parses_and_names_existing_configs() {
