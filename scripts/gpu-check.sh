@@ -68,9 +68,10 @@ fi
 export FER_SERVER_BIN FER_LOAD_BIN
 export FER_REPO=$PWD
 
+# The default first (the harness's ratios are against the first model), then every other FER+ model shipped.
 MODELS=(--model ferplus)
-for m in ferplus-int8 ferplus-medium ferplus-small; do
-  [ -d "models/$m" ] && MODELS+=(--model "$m")
+for d in models/ferplus-*/; do
+  MODELS+=(--model "$(basename "$d")")
 done
 
 {
