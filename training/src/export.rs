@@ -17,8 +17,9 @@ use ort::session::Session;
 use crate::config::{Config, Mode};
 use crate::data::Dataset;
 use crate::eval::{self, argmax};
+use crate::metrics::Scores;
 use crate::model::{FerNet, forward_macs};
-use crate::run::{self, EpochRecord, RunDir, RunState};
+use crate::run::{self, RunDir, RunState};
 use crate::thresholds::Anchor;
 use crate::train;
 
@@ -155,6 +156,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
         .history
         .iter()
         .find(|h| h.epoch == state.best_epoch)
+        .and_then(|h| h.val.as_ref())
         .context("run has no evaluated epoch to export")?;
     let classes = req.config.data.classes();
     let device = Device::flex();
@@ -285,7 +287,7 @@ fn write_version(
     dir: &Path,
     onnx: &[u8],
     mut manifest: Manifest,
-    best: &EpochRecord,
+    best: &Scores,
     state: &RunState,
 ) -> anyhow::Result<(Parity, Manifest)> {
     let classes = req.config.data.classes();
@@ -327,9 +329,9 @@ fn write_version(
     p.command = command.to_string();
     p.trainer = format!("fer-train {}", env!("CARGO_PKG_VERSION"));
     p.seed = Some(req.config.seed);
-    p.metrics.insert("val_accuracy".into(), best.val.accuracy);
-    p.metrics.insert("val_macro_f1".into(), best.val.macro_f1);
-    for (label, f1) in classes.iter().zip(&best.val.per_class_f1) {
+    p.metrics.insert("val_accuracy".into(), best.accuracy);
+    p.metrics.insert("val_macro_f1".into(), best.macro_f1);
+    for (label, f1) in classes.iter().zip(&best.per_class_f1) {
         p.metrics.insert(format!("val_f1_{label}"), *f1);
     }
     p.metrics
@@ -483,7 +485,11 @@ fn model_card(
     state: &RunState,
     parity: &Parity,
 ) -> String {
-    let best = state.history.iter().find(|h| h.epoch == state.best_epoch);
+    let best = state
+        .history
+        .iter()
+        .find(|h| h.epoch == state.best_epoch)
+        .and_then(|h| h.val.as_ref());
     let macs = forward_macs(
         &req.config.model,
         manifest.input.channels.count(),
@@ -493,7 +499,7 @@ fn model_card(
     let mode = method(req.config);
     let mut per_class = String::new();
     if let Some(best) = best {
-        for (label, f1) in manifest.labels.iter().zip(&best.val.per_class_f1) {
+        for (label, f1) in manifest.labels.iter().zip(&best.per_class_f1) {
             per_class.push_str(&format!("| {label} | {f1:.4} |\n"));
         }
     }
@@ -536,8 +542,8 @@ fn model_card(
                 state.epoch, req.config.epochs
             )
         },
-        acc = best.map(|b| b.val.accuracy).unwrap_or(0.0),
-        f1 = best.map(|b| b.val.macro_f1).unwrap_or(0.0),
+        acc = best.map_or(0.0, |b| b.accuracy),
+        f1 = best.map_or(0.0, |b| b.macro_f1),
         images = parity.images,
         diff = parity.max_abs_diff,
         tol = PARITY_TOLERANCE,

@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::data::Labelled;
-use crate::run::{EpochRecord, RunDir, RunState};
+use crate::metrics::Scores;
+use crate::run::{EpochRecord, RunDir, RunState, best_evaluated};
 
 fn plot_err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("plot: {e}")
@@ -150,15 +151,13 @@ fn mark_best(
 /// `curves.svg` (train and validation loss; validation accuracy and macro-F1, the best epoch by
 /// macro-F1 marked) and `confusion.svg` (the best epoch's validation confusion matrix).
 pub fn plots(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow::Result<()> {
-    let Some(best) = history
-        .iter()
-        .fold(None::<&EpochRecord>, |best, h| match best {
-            Some(b) if b.val.macro_f1 >= h.val.macro_f1 => Some(b),
-            _ => Some(h),
-        })
-    else {
+    let Some((best, best_val)) = best_evaluated(history) else {
         return Ok(());
     };
+    let evaluated: Vec<(f64, &Scores)> = history
+        .iter()
+        .filter_map(|h| Some((h.epoch as f64, h.val.as_ref()?)))
+        .collect();
     let run = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -197,28 +196,30 @@ pub fn plots(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow:
     }
     mark_best(&mut chart, epoch(best), epochs, y, false)?;
     legend(&mut chart, SeriesLabelPosition::UpperRight)?;
-    let y = fitted(
-        history
-            .iter()
-            .flat_map(|h| [h.val.accuracy, h.val.macro_f1]),
-    );
+    let y = fitted(evaluated.iter().flat_map(|(_, v)| [v.accuracy, v.macro_f1]));
     let mut chart = epoch_axes(&right, "validation scores", epochs, y.clone(), "score")?;
     draw_line(
         &mut chart,
-        history.iter().map(|h| (epoch(h), h.val.accuracy)).collect(),
+        evaluated.iter().map(|(e, v)| (*e, v.accuracy)).collect(),
         RGBColor(31, 119, 180),
-        &format!("accuracy (best epoch: {:.4})", best.val.accuracy),
+        &format!("accuracy (best epoch: {:.4})", best_val.accuracy),
     )?;
     draw_line(
         &mut chart,
-        history.iter().map(|h| (epoch(h), h.val.macro_f1)).collect(),
+        evaluated.iter().map(|(e, v)| (*e, v.macro_f1)).collect(),
         RGBColor(44, 160, 44),
-        &format!("macro-F1 (best epoch: {:.4})", best.val.macro_f1),
+        &format!("macro-F1 (best epoch: {:.4})", best_val.macro_f1),
     )?;
     mark_best(&mut chart, epoch(best), epochs, y, true)?;
     legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present().map_err(plot_err)?;
-    confusion_plot(&dir.join("confusion.svg"), best, classes, &run)?;
+    confusion_plot(
+        &dir.join("confusion.svg"),
+        best.epoch,
+        best_val,
+        classes,
+        &run,
+    )?;
     ssl_plot(dir, history, classes)
 }
 
@@ -233,7 +234,8 @@ fn shade(share: f64) -> RGBColor {
 /// with the count under each share, a colour bar, and the axes named.
 fn confusion_plot(
     path: &Path,
-    record: &EpochRecord,
+    epoch: usize,
+    val: &Scores,
     classes: &[String],
     run: &str,
 ) -> anyhow::Result<()> {
@@ -251,7 +253,7 @@ fn confusion_plot(
     root.draw(&text(
         format!(
             "{run}: validation confusion matrix, epoch {} (accuracy {:.4}, macro-F1 {:.4})",
-            record.epoch, record.val.accuracy, record.val.macro_f1
+            epoch, val.accuracy, val.macro_f1
         ),
         (10, 10),
         17,
@@ -274,7 +276,7 @@ fn confusion_plot(
             .color(&ink),
     ))
     .map_err(plot_err)?;
-    let matrix = &record.val.confusion.matrix;
+    let matrix = &val.confusion.matrix;
     for (i, name) in classes.iter().enumerate() {
         let i32_ = i as i32;
         root.draw(&text(
@@ -434,7 +436,9 @@ pub fn summary(
         steps: state.step,
         best_epoch: state.best_epoch,
         best_val_macro_f1: state.best_macro_f1,
-        best_val_accuracy: best.map(|b| b.val.accuracy).unwrap_or(0.0),
+        best_val_accuracy: best
+            .and_then(|b| b.val.as_ref())
+            .map_or(0.0, |v| v.accuracy),
         last: state.history.last(),
         wall_seconds: saved.wall_seconds,
         seed: config.seed,

@@ -65,7 +65,9 @@ pub struct EpochRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<f64>,
     pub learning_rate: f64,
-    pub val: Scores,
+    /// The evaluated model's validation scores; `None` for an epoch that `eval_every` skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val: Option<Scores>,
     pub seconds: f64,
     /// The unlabelled half of the epoch (semi-supervised modes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,6 +83,17 @@ pub struct SslRecord {
     pub mask_rate: f64,
     /// Each class's threshold at the epoch's end.
     pub thresholds: Vec<f32>,
+}
+
+/// The evaluated epoch with the best macro-F1 (the earliest of equals), with its scores.
+pub fn best_evaluated(history: &[EpochRecord]) -> Option<(&EpochRecord, &Scores)> {
+    history
+        .iter()
+        .filter_map(|h| Some((h, h.val.as_ref()?)))
+        .fold(None, |best, (h, v)| match best {
+            Some((_, b)) if b.macro_f1 >= v.macro_f1 => best,
+            _ => Some((h, v)),
+        })
 }
 
 /// Where a run stands; written atomically after every checkpoint.

@@ -469,8 +469,9 @@ impl<'d> Trainer<'d> {
         Ok((loss_value, lr, stats))
     }
 
-    /// Evaluates the model the run keeps (the EMA teacher when there is one), records the epoch,
-    /// keeps the best, feeds the labelled anchor, checkpoints and plots.
+    /// Evaluates the model the run keeps (the EMA teacher when there is one) when `eval_every`
+    /// says so, records the epoch, keeps the best, feeds the labelled anchor (every epoch),
+    /// checkpoints and plots.
     fn end_epoch(&mut self, lr: f64, epoch_started: Instant) -> anyhow::Result<()> {
         let data = self.data;
         let classes = self.classes;
@@ -478,13 +479,19 @@ impl<'d> Trainer<'d> {
             Some(average) => average.clone(),
             None => self.model.valid().to_device(&self.eval_device),
         };
-        let (scores, val_loss) = evaluate(
-            &evaluated,
-            &data.labelled.val,
-            &data.preprocessor,
-            classes,
-            &self.eval_device,
-        )?;
+        let epoch = self.state.epoch + 1;
+        let last = epoch >= self.config.epochs || self.state.step >= self.total_steps;
+        let evaluation = if last || epoch.is_multiple_of(self.config.eval_every) {
+            Some(evaluate(
+                &evaluated,
+                &data.labelled.val,
+                &data.preprocessor,
+                classes,
+                &self.eval_device,
+            )?)
+        } else {
+            None
+        };
         if let Some(semi) = self.semi.as_mut().filter(|s| s.policy.wants_labelled()) {
             // The labelled anchor of DTM: the teacher's confidence on the labelled train images.
             let mut probs = predict(
@@ -507,13 +514,14 @@ impl<'d> Trainer<'d> {
         }
         let state = &mut self.state;
         let steps = state.step_in_epoch.max(1) as f64;
+        let (val, val_loss) = evaluation.unzip();
         let record = EpochRecord {
-            epoch: state.epoch + 1,
+            epoch,
             step: state.step,
             train_loss: state.epoch_loss_sum / steps,
-            val_loss: Some(val_loss),
+            val_loss,
             learning_rate: lr,
-            val: scores.clone(),
+            val,
             seconds: epoch_started.elapsed().as_secs_f64(),
             ssl: self.semi.as_ref().map(|s| SslRecord {
                 unsup_loss: state.epoch_unsup_sum / steps,
@@ -522,12 +530,14 @@ impl<'d> Trainer<'d> {
             }),
         };
         println!(
-            "epoch {:>3}  step {:>6}  loss {:.4}  val acc {:.4}  val macro-F1 {:.4}{}  ({:.0} s)",
+            "epoch {:>3}  step {:>6}  loss {:.4}  {}{}  ({:.0} s)",
             record.epoch,
             record.step,
             record.train_loss,
-            scores.accuracy,
-            scores.macro_f1,
+            record.val.as_ref().map_or_else(
+                || "(not evaluated)".to_string(),
+                |v| format!("val acc {:.4}  val macro-F1 {:.4}", v.accuracy, v.macro_f1)
+            ),
             record
                 .ssl
                 .as_ref()
@@ -535,8 +545,11 @@ impl<'d> Trainer<'d> {
                 .unwrap_or_default(),
             record.seconds
         );
-        if scores.macro_f1 > state.best_macro_f1 || state.history.is_empty() {
-            state.best_macro_f1 = scores.macro_f1;
+        let first_evaluated = !state.history.iter().any(|h| h.val.is_some());
+        if let Some(v) = record.val.as_ref()
+            && (v.macro_f1 > state.best_macro_f1 || first_evaluated)
+        {
+            state.best_macro_f1 = v.macro_f1;
             state.best_epoch = record.epoch;
             save_model(&evaluated, &self.run.best_model())?;
         }
