@@ -1,19 +1,53 @@
 #!/usr/bin/env python3
-"""Prints the ablation's results table (markdown) from the summary.json of each run under a folder."""
+"""Prints the ablation's tables (markdown) from the summary.json of each run under a folder: one line
+per run, then one line per row (runs that differ only by a `-seedN` suffix), with the mean and the
+spread (min–max) over its seeds.
+
+    scripts/ablation_table.py training/campaign/results
+"""
 import json
+import re
+import statistics
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/ablation")
-print("| row | mode | labelled | unlabelled | steps | best val macro-F1 | its val accuracy | best epoch | final mask rate | wall time |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+runs = []
 for summary in sorted(root.glob("*/summary.json")):
     s = json.loads(summary.read_text())
+    s["name"] = summary.parent.name
+    runs.append(s)
+
+print("| run | mode | seed | labelled | unlabelled | steps | best val macro-F1 | its val accuracy | best epoch | final mask rate | wall time |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for s in runs:
     last = s.get("last") or {}
     ssl = last.get("ssl")
     mask = f"{ssl['mask_rate']:.3f}" if ssl else "—"
     print(
-        f"| {summary.parent.name} | {s['mode']} | {s['train_images']} | {s.get('unlabelled_images', 0)} "
+        f"| {s['name']} | {s['mode']} | {s.get('seed', '?')} | {s['train_images']} | {s.get('unlabelled_images', 0)} "
         f"| {s['steps']} | {s['best_val_macro_f1']:.4f} | {s['best_val_accuracy']:.4f} "
         f"| {s['best_epoch']} | {mask} | {s['wall_seconds'] / 60:.1f} min |"
     )
+
+rows = defaultdict(list)
+for s in runs:
+    rows[re.sub(r"-seed\d+$", "", s["name"])].append(s)
+
+
+def spread(values, digits):
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+print()
+print("| row | seeds | best val macro-F1, mean (min–max) | its val accuracy, mean (min–max) |")
+print("|---|---|---|---|")
+for name, group in rows.items():
+    seeds = ", ".join(str(s.get("seed", "?")) for s in group)
+    f1 = spread([s["best_val_macro_f1"] for s in group], 4)
+    acc = spread([s["best_val_accuracy"] for s in group], 4)
+    print(f"| {name} | {seeds} | {f1} | {acc} |")
