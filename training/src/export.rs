@@ -153,10 +153,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
     let state: RunState =
         serde_json::from_slice(&std::fs::read(req.run.state()).context("run has no state.json")?)?;
     let best = state
-        .history
-        .iter()
-        .find(|h| h.epoch == state.best_epoch)
-        .and_then(|h| h.val.as_ref())
+        .best_scores()
         .context("run has no evaluated epoch to export")?;
     let classes = req.config.data.classes();
     let device = Device::flex();
@@ -485,11 +482,7 @@ fn model_card(
     state: &RunState,
     parity: &Parity,
 ) -> String {
-    let best = state
-        .history
-        .iter()
-        .find(|h| h.epoch == state.best_epoch)
-        .and_then(|h| h.val.as_ref());
+    let best = state.best_scores();
     let macs = forward_macs(
         &req.config.model,
         manifest.input.channels.count(),

@@ -422,7 +422,6 @@ pub fn summary(
     unlabelled_images: usize,
     counts: &[usize],
 ) -> anyhow::Result<()> {
-    let best = state.history.iter().find(|h| h.epoch == state.best_epoch);
     let saved: RunState = serde_json::from_slice(&std::fs::read(run.state())?)?;
     let summary = Summary {
         data: config.data.describe(),
@@ -436,9 +435,7 @@ pub fn summary(
         steps: state.step,
         best_epoch: state.best_epoch,
         best_val_macro_f1: state.best_macro_f1,
-        best_val_accuracy: best
-            .and_then(|b| b.val.as_ref())
-            .map_or(0.0, |v| v.accuracy),
+        best_val_accuracy: state.best_scores().map_or(0.0, |v| v.accuracy),
         last: state.history.last(),
         wall_seconds: saved.wall_seconds,
         seed: config.seed,

@@ -123,6 +123,16 @@ pub struct RunState {
     pub backend: TrainBackend,
 }
 
+impl RunState {
+    /// The validation scores of the best epoch (`best_epoch`), when it was evaluated.
+    pub fn best_scores(&self) -> Option<&Scores> {
+        self.history
+            .iter()
+            .find(|h| h.epoch == self.best_epoch)
+            .and_then(|h| h.val.as_ref())
+    }
+}
+
 /// Writes a file whole or not at all: `write` fills a file beside `path`, which is then renamed
 /// over it, so a session stopped mid-write leaves the previous file as it was.
 fn replace_whole(
