@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Prints the ablation's tables (markdown) from the summary.json of each run under a folder: one line
 per run, then one line per row (runs that differ only by a `-seedN` suffix), with the mean and the
-spread (min–max) over its seeds.
+spread (min–max) over its seeds. Where the run's config.toml lies beside its summary, a DTM run's mode
+names its anchor (`[ssl.dtm] anchor`; the trainer's default is `unlabelled`).
 
     scripts/ablation_table.py training/campaign/results
 """
@@ -9,6 +10,7 @@ import json
 import re
 import statistics
 import sys
+import tomllib
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,6 +19,10 @@ runs = []
 for summary in sorted(root.glob("*/summary.json")):
     s = json.loads(summary.read_text())
     s["name"] = summary.parent.name
+    config = summary.parent / "config.toml"
+    if s["mode"] == "dtm" and config.exists():
+        anchor = tomllib.loads(config.read_text()).get("ssl", {}).get("dtm", {}).get("anchor", "unlabelled")
+        s["mode"] = f"dtm, {anchor} anchor"
     runs.append(s)
 
 print("| run | mode | seed | labelled | unlabelled | steps | best val macro-F1 | its val accuracy | best epoch | final mask rate | wall time |")
