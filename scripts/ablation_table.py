@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Prints the ablation's tables (markdown) from the summary.json of each run under a folder: one line
 per run, then one line per row (runs that differ only by a `-seedN` suffix), with the mean and the
-spread (min–max) over its seeds. Where the run's config.toml lies beside its summary, a DTM run's mode
-names its anchor (`[ssl.dtm] anchor`; the trainer's default is `unlabelled`).
+spread (min–max) over its seeds. A DTM run's mode names its anchor (`[ssl.dtm] anchor`), read from the
+summary's `ssl` (trainers from the eleventh session on) or else from the run's config.toml beside it
+(the trainer's default is `unlabelled`).
 
     scripts/ablation_table.py training/campaign/results
 """
@@ -20,8 +21,11 @@ for summary in sorted(root.glob("*/summary.json")):
     s = json.loads(summary.read_text())
     s["name"] = summary.parent.name
     config = summary.parent / "config.toml"
-    if s["mode"] == "dtm" and config.exists():
-        anchor = tomllib.loads(config.read_text()).get("ssl", {}).get("dtm", {}).get("anchor", "unlabelled")
+    ssl = s.get("ssl")
+    if not ssl and config.exists():
+        ssl = tomllib.loads(config.read_text()).get("ssl", {})
+    if s["mode"] == "dtm" and ssl is not None:
+        anchor = ssl.get("dtm", {}).get("anchor", "unlabelled")
         s["mode"] = f"dtm, {anchor} anchor"
     runs.append(s)
 

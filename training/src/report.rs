@@ -6,7 +6,7 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, SslConfig};
 use crate::data::Labelled;
 use crate::metrics::Scores;
 use crate::run::{EpochRecord, RunDir, RunState, best_evaluated};
@@ -412,6 +412,9 @@ struct Summary<'a> {
     last: Option<&'a EpochRecord>,
     wall_seconds: f64,
     seed: u64,
+    /// The semi-supervised policy in full (thresholds, μ, DTM's anchor…); `null` when supervised.
+    /// Two DTM variants share the mode `dtm`, so the table of an ablation reads the anchor here.
+    ssl: Option<&'a SslConfig>,
 }
 
 pub fn summary(
@@ -439,6 +442,7 @@ pub fn summary(
         last: state.history.last(),
         wall_seconds: saved.wall_seconds,
         seed: config.seed,
+        ssl: config.mode.is_semi_supervised().then_some(&config.ssl),
     };
     std::fs::write(run.summary(), serde_json::to_vec_pretty(&summary)?)?;
     Ok(())

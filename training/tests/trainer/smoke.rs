@@ -146,6 +146,15 @@ fn train_and_export(config: Config, backend: TrainBackend) -> RunState {
     ] {
         assert!(run.0.join(file).is_file(), "{file} missing");
     }
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.0.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["mode"], mode.name());
+    if mode.is_semi_supervised() {
+        assert_eq!(summary["ssl"]["mu"], config.ssl.mu, "{summary}");
+        assert!(summary["ssl"]["dtm"]["anchor"].is_string(), "{summary}");
+    } else {
+        assert!(summary["ssl"].is_null(), "{summary}");
+    }
 
     // Resuming a finished run does nothing and keeps its history.
     let again = train(&config, &run, session).unwrap();
