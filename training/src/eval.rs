@@ -63,14 +63,27 @@ pub fn evaluate_with_flip(
     classes: usize,
     device: &Device,
 ) -> anyhow::Result<(Scores, f64)> {
-    let plain = predict(model, dataset, preprocessor, device, 256)?;
-    let mirrored = predict(model, &dataset.mirrored(), preprocessor, device, 256)?;
-    let logits: Vec<f32> = plain
+    let logits = predict_mirror_mean(model, dataset, preprocessor, device, 256)?;
+    score_logits(&logits, dataset, classes)
+}
+
+/// As [`predict`], averaged with the logits of the mirrored images (test-time flip). Mirrors the
+/// pixels themselves, independently of [`FerNet::forward_mirror_mean`], so that the export's
+/// parity check tests that graph's mirroring too.
+pub fn predict_mirror_mean(
+    model: &FerNet,
+    dataset: &Dataset,
+    preprocessor: &Preprocessor,
+    device: &Device,
+    batch: usize,
+) -> anyhow::Result<Vec<f32>> {
+    let plain = predict(model, dataset, preprocessor, device, batch)?;
+    let mirrored = predict(model, &dataset.mirrored(), preprocessor, device, batch)?;
+    Ok(plain
         .iter()
         .zip(&mirrored)
         .map(|(a, b)| (a + b) / 2.0)
-        .collect();
-    score_logits(&logits, dataset, classes)
+        .collect())
 }
 
 pub fn score_logits(

@@ -102,6 +102,10 @@ enum Command {
         /// libonnxruntime.so to use (default: the repository's .ort/lib/).
         #[arg(long, env = "ORT_DYLIB_PATH")]
         ort_dylib: Option<PathBuf>,
+        /// Fold test-time flip into the graph: score each face and its mirror image and average
+        /// the logits (twice the compute per face; `fer-train evaluate` shows what it is worth).
+        #[arg(long, env = "FER_TRAIN_TEST_TIME_FLIP")]
+        test_time_flip: bool,
     },
     /// Write an INT8 variant of an exported model version (ONNX Runtime's static quantizer,
     /// calibrated on training faces) as models/<name>-int8/<version>/, scored against it.
@@ -323,6 +327,7 @@ fn main() -> anyhow::Result<()> {
             command,
             parity_images,
             ort_dylib,
+            test_time_flip,
         } => {
             let run = RunDir(run);
             let cfg = Config::load(&run.config()).context("the run's config.toml")?;
@@ -337,6 +342,7 @@ fn main() -> anyhow::Result<()> {
                 parity_images,
                 replace,
                 force,
+                test_time_flip,
             })?;
             let (new, p) = (done.figures, &done.parity);
             println!(

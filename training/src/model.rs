@@ -117,6 +117,19 @@ impl FerNet {
         let x = self.gap.forward(x).flatten::<2>(1, 3);
         self.head.forward(self.dropout.forward(x))
     }
+
+    /// Test-time flip in one graph: the mean of the logits of each image and of its mirror
+    /// image (twice [`FerNet::forward`]'s compute). `fer-train export --test-time-flip` traces
+    /// this. The mirror is a gather along the width with reversed indices, because the ONNX
+    /// exporter lowers `select` (Gather) but neither `flip` nor a negative-step slice.
+    pub fn forward_mirror_mean(&self, images: Tensor<4>) -> Tensor<2> {
+        let width = images.dims()[3];
+        let reversed: Vec<i64> = (0..width as i64).rev().collect();
+        let reversed =
+            Tensor::<1, Int>::from_data(TensorData::new(reversed, [width]), &images.device());
+        let mirrored = images.clone().select(3, reversed);
+        (self.forward(images) + self.forward(mirrored)).mul_scalar(0.5)
+    }
 }
 
 /// Multiply-accumulates of one forward pass for an `in_channels × side × side` input.
@@ -136,4 +149,62 @@ pub fn forward_macs(config: &ModelConfig, in_channels: usize, side: usize, class
         }
     }
     macs + (input * classes) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_mean_averages_an_image_and_its_mirror() {
+        let device = Device::flex();
+        let config = ModelConfig {
+            widths: vec![4, 8],
+            convs_per_stage: 1,
+            dropout: 0.0,
+        };
+        let model = FerNet::new(&config, 1, 3, &device);
+        let (w, h) = (6, 5);
+        let pixels: Vec<f32> = (0..2 * w * h)
+            .map(|i| ((i * 37) % 11) as f32 / 11.0 - 0.5)
+            .collect();
+        let mut mirrored = pixels.clone();
+        for row in mirrored.chunks_mut(w) {
+            row.reverse();
+        }
+        let tensor =
+            |data: Vec<f32>| Tensor::<4>::from_data(TensorData::new(data, [2, 1, h, w]), &device);
+        let plain = model.forward(tensor(pixels.clone()));
+        let flipped = model.forward(tensor(mirrored.clone()));
+        let expected: Vec<f32> = (plain + flipped.clone())
+            .mul_scalar(0.5)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let got: Vec<f32> = model
+            .forward_mirror_mean(tensor(pixels))
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        for (a, b) in expected.iter().zip(&got) {
+            assert!((a - b).abs() < 1e-5, "{expected:?} vs {got:?}");
+        }
+        // The mirror image's own mirror mean is the same: the result is mirror-symmetric.
+        let again: Vec<f32> = model
+            .forward_mirror_mean(tensor(mirrored))
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        for (a, b) in got.iter().zip(&again) {
+            assert!((a - b).abs() < 1e-5, "{got:?} vs {again:?}");
+        }
+        let asymmetric: Vec<f32> = flipped.into_data().try_to_vec::<f32>().unwrap();
+        assert!(
+            asymmetric
+                .iter()
+                .zip(&got)
+                .any(|(a, b)| (a - b).abs() > 1e-4),
+            "the test image is mirror-symmetric"
+        );
+    }
 }

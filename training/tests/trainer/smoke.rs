@@ -172,6 +172,7 @@ fn train_and_export(config: Config, backend: TrainBackend) -> RunState {
         parity_images,
         replace: true,
         force: true,
+        test_time_flip: false,
     };
     let done = export(&request(None)).unwrap();
     let (version_dir, parity) = (done.dir.clone(), done.parity.clone());
@@ -201,6 +202,7 @@ fn train_and_export(config: Config, backend: TrainBackend) -> RunState {
             0
         );
         export_never_overwrites_or_publishes_a_worse_model(&request(Some(16)), &models);
+        export_folds_test_time_flip_into_the_graph(&request(None));
     }
     let card = std::fs::read_to_string(version_dir.join("MODEL_CARD.md")).unwrap();
     assert!(card.contains("cargo test -p fer-train --test smoke"));
@@ -283,6 +285,41 @@ fn export_never_overwrites_or_publishes_a_worse_model(base: &ExportRequest, mode
     })
     .unwrap();
     assert_eq!(forced.dir, models.join("smoke/4"));
+}
+
+/// `--test-time-flip`: the graph averages each face's logits with its mirror image's, which
+/// parity checks against burn's logits on pixels mirrored in memory; the manifest's figures are
+/// the folded graph's, with the plain model's beside them, and the card says what it costs.
+fn export_folds_test_time_flip_into_the_graph(base: &ExportRequest) {
+    let flipped = export(&ExportRequest {
+        version: Some(9),
+        test_time_flip: true,
+        ..*base
+    })
+    .unwrap();
+    assert!(flipped.parity.passed(), "{:?}", flipped.parity);
+    assert_eq!(flipped.parity.images, 128);
+    let manifest = Manifest::load(&flipped.dir.join(MANIFEST_FILE)).unwrap();
+    let metrics = &manifest.provenance.metrics;
+    assert!(
+        metrics.contains_key("val_accuracy_without_flip"),
+        "{metrics:?}"
+    );
+    assert_eq!(metrics["val_accuracy"], flipped.figures.accuracy);
+    assert!(manifest.provenance.notes.contains("test-time flip"));
+    let card = std::fs::read_to_string(flipped.dir.join("MODEL_CARD.md")).unwrap();
+    assert!(
+        card.contains("mirror image") && card.contains("twice"),
+        "{card}"
+    );
+    // The plain export of the same run records no flip.
+    let plain = Manifest::load(&base.models_dir.join("smoke/2").join(MANIFEST_FILE)).unwrap();
+    assert!(
+        !plain
+            .provenance
+            .metrics
+            .contains_key("val_accuracy_without_flip")
+    );
 }
 
 /// A semi-supervised run stopped mid-epoch (off the checkpoint interval) and resumed ends where the
