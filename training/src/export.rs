@@ -23,6 +23,9 @@ use crate::run::{self, RunDir, RunState};
 use crate::thresholds::Anchor;
 use crate::train;
 
+/// Manifest metric: passes of the network per face (2 with test-time flip; absent means 1).
+pub const FORWARD_PASSES: &str = "forward_passes";
+
 /// Largest |Δlogit| between burn and ONNX Runtime that parity accepts.
 pub const PARITY_TOLERANCE: f32 = 1e-4;
 
@@ -356,6 +359,9 @@ fn write_version(
         p.metrics.insert(format!("val_f1_{label}"), *f1);
     }
     if req.test_time_flip {
+        // Passes of the network per face: what the graph costs against its network's MACs
+        // (`fer-train frontier` multiplies by it).
+        p.metrics.insert(FORWARD_PASSES.into(), 2.0);
         p.metrics
             .insert("val_accuracy_without_flip".into(), best.accuracy);
         p.metrics
@@ -539,6 +545,11 @@ fn model_card(
     for (label, f1) in manifest.labels.iter().zip(&scores.per_class_f1) {
         per_class.push_str(&format!("| {label} | {f1:.4} |\n"));
     }
+    let flip_export = if req.test_time_flip {
+        " Exported from the run's best checkpoint by `fer-train export --test-time-flip`."
+    } else {
+        ""
+    };
     let (flip_cost, flip_method, flip_metrics) = if req.test_time_flip {
         (
             " (twice that with the test-time flip below)",
@@ -559,7 +570,7 @@ fn model_card(
          ## Method\n{mode} A {params}-parameter VGG-style CNN (widths {widths:?}, {depth} conv per stage, \
          {mmacs:.1} M multiply-accumulates per image{flip_cost}), AdamW, cosine schedule, weak augmentation (flip, small affine) of labelled images.{flip_method}\n\n\
          ## Reproduce\n```\n{command}\n```\nSeed {seed}. {epochs} epochs ({steps} steps), best epoch {best_epoch}, \
-         {hours:.2} h of training wall time on the CPU it ran on.{stopped}\n\n\
+         {hours:.2} h of training wall time on the CPU it ran on.{stopped}{flip_export}\n\n\
          ## Validation metrics (best epoch{flip_metrics})\n- accuracy: {acc:.4}\n- macro-F1: {f1:.4}\n\n| class | F1 |\n|---|---|\n{per_class}\n\
          ## Export check\nONNX Runtime vs burn on {images} validation images: max |Δlogit| {diff:.2e} (tolerance {tol:.0e}), argmax agreement {agree}/{images}.\n\n\
          ## Intended use\nClassifying the expression of a single, roughly frontal, cropped face (as `POST /v1/classify` expects). \

@@ -7,7 +7,7 @@
 //! faces at batch 1 and at the server's largest batch, with the machine's physical cores as
 //! intra-op threads (the server's default). Decoding is left out: it costs the same for every
 //! model. MACs come from the network's config ([`forward_macs`]), so the INT8 variant of a network
-//! has its FP32 source's count.
+//! has its FP32 source's count, times the passes a graph with test-time flip makes.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,7 +24,17 @@ use serde::Deserialize;
 use crate::config::Config;
 use crate::data::{self, Dataset, Source};
 use crate::eval::{onnx_logits, score_logits};
+use crate::export::FORWARD_PASSES;
 use crate::model::forward_macs;
+
+/// Passes of the network per face that a version's graph makes (2 with test-time flip folded in).
+fn passes(manifest: &Manifest) -> u64 {
+    manifest
+        .provenance
+        .metrics
+        .get(FORWARD_PASSES)
+        .map_or(1, |&n| n.max(1.0) as u64)
+}
 
 /// The points of a frontier (`training/frontier/frontier.toml`).
 #[derive(Debug, Deserialize)]
@@ -151,7 +161,7 @@ pub fn frontier(req: &FrontierRequest) -> anyhow::Result<Vec<Measured>> {
                 manifest.input.channels.count(),
                 manifest.input.height as usize,
                 classes,
-            ),
+            ) * passes(&manifest),
             accuracy: scores.accuracy,
             macro_f1: scores.macro_f1,
             recorded_accuracy: manifest.provenance.metrics.get("val_accuracy").copied(),

@@ -182,6 +182,10 @@ fn write_variant(
         quantizer_version(req.python).unwrap_or_else(|| "?".into())
     );
     let m = &mut p.metrics;
+    // The source's plain-model figures (a test-time-flip export's) describe the FP32 model: its
+    // own manifest keeps them. Its `forward_passes` holds here too.
+    m.remove("val_accuracy_without_flip");
+    m.remove("val_macro_f1_without_flip");
     m.insert("val_accuracy".into(), comparison.int8.accuracy);
     m.insert("val_macro_f1".into(), comparison.int8.macro_f1);
     for (label, f1) in manifest.labels.iter().zip(&comparison.int8.per_class_f1) {

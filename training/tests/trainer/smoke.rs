@@ -306,6 +306,7 @@ fn export_folds_test_time_flip_into_the_graph(base: &ExportRequest) {
         "{metrics:?}"
     );
     assert_eq!(metrics["val_accuracy"], flipped.figures.accuracy);
+    assert_eq!(metrics["forward_passes"], 2.0);
     assert!(manifest.provenance.notes.contains("test-time flip"));
     let card = std::fs::read_to_string(flipped.dir.join("MODEL_CARD.md")).unwrap();
     assert!(
@@ -320,6 +321,7 @@ fn export_folds_test_time_flip_into_the_graph(base: &ExportRequest) {
             .metrics
             .contains_key("val_accuracy_without_flip")
     );
+    assert!(!plain.provenance.metrics.contains_key("forward_passes"));
 }
 
 /// A semi-supervised run stopped mid-epoch (off the checkpoint interval) and resumed ends where the
