@@ -176,29 +176,12 @@ mod tests {
             |data: Vec<f32>| Tensor::<4>::from_data(TensorData::new(data, [2, 1, h, w]), &device);
         let plain = model.forward(tensor(pixels.clone()));
         let flipped = model.forward(tensor(mirrored.clone()));
-        let expected: Vec<f32> = (plain + flipped.clone())
-            .mul_scalar(0.5)
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
-        let got: Vec<f32> = model
-            .forward_mirror_mean(tensor(pixels))
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
-        for (a, b) in expected.iter().zip(&got) {
-            assert!((a - b).abs() < 1e-5, "{expected:?} vs {got:?}");
-        }
+        let expected = values((plain + flipped.clone()).mul_scalar(0.5));
+        let got = values(model.forward_mirror_mean(tensor(pixels)));
+        assert_close(&expected, &got);
         // The mirror image's own mirror mean is the same: the result is mirror-symmetric.
-        let again: Vec<f32> = model
-            .forward_mirror_mean(tensor(mirrored))
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
-        for (a, b) in got.iter().zip(&again) {
-            assert!((a - b).abs() < 1e-5, "{got:?} vs {again:?}");
-        }
-        let asymmetric: Vec<f32> = flipped.into_data().try_to_vec::<f32>().unwrap();
+        assert_close(&got, &values(model.forward_mirror_mean(tensor(mirrored))));
+        let asymmetric = values(flipped);
         assert!(
             asymmetric
                 .iter()
@@ -206,5 +189,16 @@ mod tests {
                 .any(|(a, b)| (a - b).abs() > 1e-4),
             "the test image is mirror-symmetric"
         );
+    }
+
+    fn values(logits: Tensor<2>) -> Vec<f32> {
+        logits.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    fn assert_close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
     }
 }
