@@ -324,13 +324,19 @@ fn write_version(
     };
     // The exporter moves the module it captured onto its capture device: compare a fresh load.
     let model = run::load_model(req.config, classes.len(), &req.run.best_model(), &device)?.valid();
+    // burn's logits: with test-time flip, the mean over each face and its mirrored pixels on the
+    // whole validation set, which serve both the parity check (its first rows) and the manifest's
+    // figures; without, on the parity images only (the figures are training's).
+    let burn_logits = if req.test_time_flip {
+        eval::predict_mirror_mean(&model, &labelled.val, &preprocessor, &device, 128)?
+    } else {
+        eval::predict(&model, &val, &preprocessor, &device, 128)?
+    };
     let parity = check_parity(
-        &model,
+        &burn_logits[..val.len() * classes.len()],
         &mut session,
         &val,
         &preprocessor,
-        &device,
-        req.test_time_flip,
     )?;
     if !parity.passed() {
         bail!(
@@ -344,7 +350,7 @@ fn write_version(
     // With test-time flip the figures are the folded graph's, measured on the whole validation
     // set; training chose the epoch by the plain model's.
     let scores = if req.test_time_flip {
-        eval::evaluate_with_flip(&model, &labelled.val, &preprocessor, classes.len(), &device)?.0
+        eval::score_logits(&burn_logits, &labelled.val, classes.len())?.0
     } else {
         best.clone()
     };
@@ -399,21 +405,14 @@ fn write_version(
     Ok((parity, manifest))
 }
 
-/// Compares burn's and ONNX Runtime's logits on the same preprocessed images; with
-/// `test_time_flip`, burn's are the mean over each image and its mirrored pixels.
+/// Compares burn's logits (`[images × classes]`, computed by the caller) with ONNX Runtime's on
+/// the same preprocessed images.
 pub fn check_parity(
-    model: &FerNet,
+    burn_logits: &[f32],
     session: &mut Session,
     data: &Dataset,
     preprocessor: &Preprocessor,
-    device: &Device,
-    test_time_flip: bool,
 ) -> anyhow::Result<Parity> {
-    let burn_logits = if test_time_flip {
-        eval::predict_mirror_mean(model, data, preprocessor, device, 128)?
-    } else {
-        eval::predict(model, data, preprocessor, device, 128)?
-    };
     let ort_logits = eval::onnx_logits(session, data, preprocessor, 64)?;
     let classes = burn_logits.len() / data.len().max(1);
     let (mut max_abs_diff, mut argmax_agree) = (0.0f32, 0);
