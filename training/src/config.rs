@@ -156,7 +156,8 @@ pub struct OptimizerConfig {
 pub struct LossConfig {
     #[serde(default)]
     pub label_smoothing: Option<f32>,
-    /// Weight each class by inverse frequency.
+    /// Weight each class by inverse frequency (of the majority labels; with `soft_targets`, each
+    /// class's share of an image's votes is weighted).
     #[serde(default)]
     pub class_weights: bool,
     /// Learn each image's annotator vote distribution instead of its majority class (FER+ only;
@@ -239,9 +240,6 @@ impl Config {
             return Some(
                 "loss.soft_targets needs data = \"ferplus\" (the only dataset with votes)".into(),
             );
-        }
-        if self.loss.soft_targets && self.loss.class_weights {
-            return Some("loss.soft_targets and loss.class_weights cannot be combined".into());
         }
         if let Some(d) = self.ema_decay
             && !(0.0..1.0).contains(&d)

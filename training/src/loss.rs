@@ -56,46 +56,71 @@ impl Targets {
 pub struct SupervisedLoss {
     hard: CrossEntropyLoss,
     smoothing: Option<f32>,
+    /// The class weights of `loss.class_weights`, for distributions (`hard` holds its own copy).
+    weights: Option<Tensor<1>>,
+}
+
+/// Inverse class frequency, total / (classes · count), as the weight of each class; 1 for a class
+/// without training images (no target selects it, and burn refuses a weight of 0).
+fn inverse_frequency(counts: &[usize]) -> Vec<f32> {
+    let total: usize = counts.iter().sum();
+    counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                1.0
+            } else {
+                total as f32 / (counts.len() * c) as f32
+            }
+        })
+        .collect()
 }
 
 impl SupervisedLoss {
     /// Cross-entropy with the config's label smoothing, weighted by inverse class frequency when
     /// `loss.class_weights` is set (`counts`: training images per class).
     pub fn new(config: &Config, counts: &[usize], device: &Device) -> Self {
-        let classes = counts.len();
         let mut hard = CrossEntropyLossConfig::new().with_smoothing(config.loss.label_smoothing);
+        let mut weights = None;
         if config.loss.class_weights {
-            let total: usize = counts.iter().sum();
-            let weights = counts
-                .iter()
-                .map(|&c| {
-                    if c == 0 {
-                        0.0
-                    } else {
-                        total as f32 / (classes * c) as f32
-                    }
-                })
-                .collect();
-            hard = hard.with_weights(Some(weights));
+            let w = inverse_frequency(counts);
+            weights = Some(Tensor::<1>::from_data(
+                TensorData::new(w.clone(), [w.len()]),
+                device,
+            ));
+            hard = hard.with_weights(Some(w));
         }
         SupervisedLoss {
             hard: hard.init(device),
             smoothing: config.loss.label_smoothing,
+            weights,
         }
     }
 
     /// The mean loss over the batch, shape `[1]`. A distribution is smoothed like a class:
-    /// (1 − ε)·t + ε/C.
+    /// (1 − ε)·t + ε/C. With class weights w, a distribution's loss is
+    /// Σ_i Σ_c w_c·t̃_ic·(−log p_ic) / Σ_i Σ_c w_c·t_ic (t̃ smoothed, t not): for a one-hot t this is
+    /// exactly burn's weighted loss of the class, whose normaliser is the targets' weights.
     pub fn forward(&self, logits: Tensor<2>, targets: Targets) -> Tensor<1> {
         match targets {
             Targets::Classes(classes) => self.hard.forward(logits, classes),
             Targets::Distribution(t) => {
-                let classes = t.dims()[1] as f32;
-                let t = match self.smoothing {
-                    Some(e) if e > 0.0 => t.mul_scalar(1.0 - e).add_scalar(e / classes),
-                    _ => t,
+                let [batch, classes] = t.dims();
+                let smoothed = match self.smoothing {
+                    Some(e) if e > 0.0 => {
+                        t.clone().mul_scalar(1.0 - e).add_scalar(e / classes as f32)
+                    }
+                    _ => t.clone(),
                 };
-                (log_softmax(logits, 1) * t).sum_dim(1).neg().mean()
+                let log_p = log_softmax(logits, 1);
+                match &self.weights {
+                    None => (log_p * smoothed).sum_dim(1).neg().mean(),
+                    Some(w) => {
+                        let w = w.clone().reshape([1, classes]).repeat_dim(0, batch);
+                        let normaliser = (t * w.clone()).sum();
+                        (log_p * smoothed * w).sum().neg() / normaliser
+                    }
+                }
             }
         }
     }
@@ -145,6 +170,56 @@ mod tests {
         // Moving half of the first image's mass onto a class the network finds unlikely costs more.
         let split = value(loss.forward(logits(), one_hot(vec![0.5, 0., 0.5, 0., 1., 0.])));
         assert!(split > soft_one_hot + 0.5, "{split}");
+    }
+
+    /// Class weights apply to vote distributions as to classes: a one-hot distribution costs
+    /// what its class costs, with and without smoothing, and a rare class's votes weigh more.
+    #[test]
+    fn class_weights_apply_to_distributions() {
+        let device = Device::flex();
+        let logits = || {
+            Tensor::<2>::from_data(
+                TensorData::new(vec![2.0f32, 0.5, -1.0, 0.0, 1.0, 0.3], [2, 3]),
+                &device,
+            )
+        };
+        let dist = |rows: Vec<f32>| {
+            Targets::Distribution(Tensor::<2>::from_data(
+                TensorData::new(rows, [2, 3]),
+                &device,
+            ))
+        };
+        let value = |t: Tensor<1>| t.into_scalar::<f32>();
+        // Class 2 is rare: weight 8 / (3·1) against 8 / (3·6) for class 0.
+        let counts = [6, 1, 1];
+        for extra in [
+            "class_weights = true",
+            "class_weights = true\nlabel_smoothing = 0.2",
+        ] {
+            let loss = SupervisedLoss::new(&config(extra), &counts, &device);
+            let hard = value(loss.forward(
+                logits(),
+                Targets::Classes(Tensor::<1, Int>::from_data(
+                    TensorData::new(vec![0i64, 2], [2]),
+                    &device,
+                )),
+            ));
+            let one_hot = value(loss.forward(logits(), dist(vec![1., 0., 0., 0., 0., 1.])));
+            assert!(
+                (hard - one_hot).abs() < 1e-5,
+                "{extra}: {hard} vs {one_hot}"
+            );
+        }
+        let plain = SupervisedLoss::new(&config(""), &counts, &device);
+        let weighted = SupervisedLoss::new(&config("class_weights = true"), &counts, &device);
+        // Both images half on class 0 (likely for the first) and half on class 2 (unlikely): the
+        // weighted loss leans towards the rare class's larger error.
+        let split = || dist(vec![0.5, 0., 0.5, 0.5, 0., 0.5]);
+        let (a, b) = (
+            value(plain.forward(logits(), split())),
+            value(weighted.forward(logits(), split())),
+        );
+        assert!(b > a + 0.1, "plain {a}, weighted {b}");
     }
 
     #[test]
