@@ -99,12 +99,11 @@ def main():
             short = row.removeprefix(prefix)
             legend.append((f"{ROWS.get(short, short)}, seed {seed}", colour, dash))
     epochs = max(p[0] for pts in found.values() for p in pts)
-    values = [v for pts in found.values() for p in pts for v in p[1:]]
     f1s = [p[2] for pts in found.values() for p in pts]
     accs = [p[1] for pts in found.values() for p in pts]
-    lo_f, hi_f = (int(min(f1s) * 20)) / 20, (int(max(f1s) * 20) + 1) / 20
-    lo_a, hi_a = (int(min(accs) * 20)) / 20, (int(max(accs) * 20) + 1) / 20
-    assert values
+    # Axes on multiples of 0.05, with room above the highest point.
+    lo_f, hi_f = int(min(f1s) * 20) / 20, (int((max(f1s) + 0.01) * 20) + 1) / 20
+    lo_a, hi_a = int(min(accs) * 20) / 20, (int((max(accs) + 0.01) * 20) + 1) / 20
     width, height = 1200, 640
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'font-family="DejaVu Sans, Arial, sans-serif">',
