@@ -16,6 +16,7 @@ use ort::session::Session;
 
 use crate::config::{Config, Mode};
 use crate::data::Dataset;
+use crate::ensemble::{self, Ensemble};
 use crate::eval::{self, argmax};
 use crate::metrics::Scores;
 use crate::model::{FerNet, forward_macs};
@@ -29,17 +30,26 @@ pub const FORWARD_PASSES: &str = "forward_passes";
 /// Largest |Δlogit| between burn and ONNX Runtime that parity accepts.
 pub const PARITY_TOLERANCE: f32 = 1e-4;
 
+/// One trained run in an export: the model's only network, or one member of an ensemble.
 #[derive(Clone, Copy)]
-pub struct ExportRequest<'a> {
+pub struct Member<'a> {
     pub config: &'a Config,
     pub run: &'a RunDir,
+    /// The command that trained the run, recorded in the manifest and model card; `None`: the
+    /// one the run recorded (`command.txt`).
+    pub command: Option<&'a str>,
+}
+
+#[derive(Clone, Copy)]
+pub struct ExportRequest<'a> {
+    /// The runs whose best checkpoints the graph holds: one network, or several whose class
+    /// probabilities it averages ([`Ensemble`]: one pass of each per face). They must share the
+    /// labelled data, validation set and preprocessing.
+    pub members: &'a [Member<'a>],
     pub models_dir: &'a Path,
     pub name: &'a str,
     /// The version to write; `None`: the next free one.
     pub version: Option<u64>,
-    /// The command that trained the run, recorded in the manifest and model card; `None`: the one
-    /// the run recorded (`command.txt`).
-    pub command: Option<&'a str>,
     pub ort_dylib: Option<&'a Path>,
     /// Validation images compared in the parity check (`None`: all).
     pub parity_images: Option<usize>,
@@ -51,6 +61,86 @@ pub struct ExportRequest<'a> {
     /// with its mirror image and the logits averaged, at twice the compute. The manifest's figures
     /// are then the folded graph's, with the plain model's beside them.
     pub test_time_flip: bool,
+}
+
+impl ExportRequest<'_> {
+    fn is_ensemble(&self) -> bool {
+        self.members.len() > 1
+    }
+
+    /// Passes of a network per face.
+    fn passes(&self) -> usize {
+        self.members.len() * if self.test_time_flip { 2 } else { 1 }
+    }
+}
+
+/// A member with what its run folder recorded.
+struct Trained<'a> {
+    member: Member<'a>,
+    command: String,
+    state: RunState,
+    best: Scores,
+}
+
+impl<'a> Trained<'a> {
+    fn read(member: Member<'a>) -> anyhow::Result<Self> {
+        let run = &member.run.0;
+        let command = match member.command {
+            Some(c) => c.to_string(),
+            None => std::fs::read_to_string(member.run.command())
+                .map(|c| c.trim().to_string())
+                .with_context(|| {
+                    format!(
+                        "{} records no training command: pass --command",
+                        run.display()
+                    )
+                })?,
+        };
+        let state: RunState = serde_json::from_slice(
+            &std::fs::read(member.run.state())
+                .with_context(|| format!("{} has no state.json", run.display()))?,
+        )?;
+        let best = state
+            .best_scores()
+            .with_context(|| format!("{} has no evaluated epoch to export", run.display()))?
+            .clone();
+        Ok(Self {
+            member,
+            command,
+            state,
+            best,
+        })
+    }
+
+    fn load(&self, classes: usize, device: &Device) -> anyhow::Result<FerNet> {
+        let m = self.member;
+        Ok(run::load_model(m.config, classes, &m.run.best_model(), device)?.valid())
+    }
+}
+
+/// Refuses an ensemble whose members would not score the same faces the same way.
+fn check_compatible(members: &[Member]) -> anyhow::Result<()> {
+    let Some(first) = members.first() else {
+        bail!("nothing to export: give at least one run");
+    };
+    let template = |c: &Config| train::manifest_template(c, &c.data.classes());
+    let reference = template(first.config);
+    for m in &members[1..] {
+        let other = template(m.config);
+        if m.config.data != first.config.data
+            || m.config.limit_val != first.config.limit_val
+            || other.labels != reference.labels
+            || other.input != reference.input
+            || other.preprocessing != reference.preprocessing
+        {
+            bail!(
+                "{} and {} were not trained on the same data, validation set and input: an ensemble's members must share them",
+                first.run.0.display(),
+                m.run.0.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A version's headline validation figures, from its manifest.
@@ -132,6 +222,7 @@ impl Parity {
 /// Exports the run's best checkpoint as a new version (or over `req.version` with `req.replace`),
 /// unless the serving version is more accurate on the same validation set (`req.force` overrides).
 pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
+    check_compatible(req.members)?;
     let version = match req.version {
         Some(v) => {
             let dir = req.models_dir.join(req.name).join(v.to_string());
@@ -146,27 +237,23 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
         }
         None => next_version(req.models_dir, req.name),
     };
-    let command = match req.command {
-        Some(c) => c.to_string(),
-        None => std::fs::read_to_string(req.run.command())
-            .map(|c| c.trim().to_string())
-            .with_context(|| {
-                format!(
-                    "{} records no training command: pass --command",
-                    req.run.0.display()
-                )
-            })?,
-    };
-    let state: RunState =
-        serde_json::from_slice(&std::fs::read(req.run.state()).context("run has no state.json")?)?;
-    let best = state
-        .best_scores()
-        .context("run has no evaluated epoch to export")?;
-    let classes = req.config.data.classes();
+    let trained = req
+        .members
+        .iter()
+        .map(|m| Trained::read(*m))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let config = trained[0].member.config;
+    let classes = config.data.classes();
     let device = Device::flex();
-    let model = run::load_model(req.config, classes.len(), &req.run.best_model(), &device)?.valid();
+    let mut nets = trained
+        .iter()
+        .map(|t| t.load(classes.len(), &device))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let params: Vec<usize> = nets.iter().map(|n| n.num_params()).collect();
+    let first = nets.remove(0);
+    let model = Ensemble::new(first, nets);
 
-    let mut manifest = train::manifest_template(req.config, &classes);
+    let mut manifest = train::manifest_template(config, &classes);
     manifest.name = req.name.to_string();
     manifest.version = version;
     let (c, h, w) = (
@@ -185,13 +272,7 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
                 AxisSpec::Static,
                 AxisSpec::Static,
             ])],
-            |m: &FerNet, x| {
-                if req.test_time_flip {
-                    m.forward_mirror_mean(x)
-                } else {
-                    m.forward(x)
-                }
-            },
+            |m: &Ensemble, x| m.forward(x, req.test_time_flip),
         )
         .map_err(|e| anyhow::anyhow!("ONNX export: {e}"))?;
 
@@ -201,15 +282,8 @@ pub fn export(req: &ExportRequest) -> anyhow::Result<Exported> {
         req.name,
         version,
         |staging| {
-            let (parity, manifest) = write_version(
-                req,
-                &command,
-                staging,
-                onnx.as_bytes(),
-                manifest,
-                best,
-                &state,
-            )?;
+            let (parity, manifest) =
+                write_version(req, &trained, &params, staging, onnx.as_bytes(), manifest)?;
             let figures = Figures::of(&manifest).context("the new manifest has no figures")?;
             let serving = serving
                 .as_ref()
@@ -293,14 +367,14 @@ fn publish(staging: &Path, dir: &Path) -> anyhow::Result<()> {
 /// Writes the graph, checks parity, then writes the manifest and model card, all into `dir`.
 fn write_version(
     req: &ExportRequest,
-    command: &str,
+    trained: &[Trained],
+    params: &[usize],
     dir: &Path,
     onnx: &[u8],
     mut manifest: Manifest,
-    best: &Scores,
-    state: &RunState,
 ) -> anyhow::Result<(Parity, Manifest)> {
-    let classes = req.config.data.classes();
+    let config = trained[0].member.config;
+    let classes = config.data.classes();
     let model_path = dir.join(MODEL_FILE);
     std::fs::write(&model_path, onnx)?;
     let device = Device::flex();
@@ -317,21 +391,31 @@ fn write_version(
         .map_err(|e| anyhow::anyhow!("{}: {e}", model_path.display()))?;
 
     let preprocessor = Preprocessor::new(&manifest, fer_contract::DecodeLimits::default());
-    let (labelled, _) = train::load_data(req.config, &preprocessor, &manifest)?;
+    let (labelled, _) = train::load_data(config, &preprocessor, &manifest)?;
     let val = match req.parity_images {
         Some(n) if n < labelled.val.len() => labelled.val.subset(&(0..n).collect::<Vec<_>>()),
         _ => labelled.val.clone(),
     };
-    // The exporter moves the module it captured onto its capture device: compare a fresh load.
-    let model = run::load_model(req.config, classes.len(), &req.run.best_model(), &device)?.valid();
-    // burn's logits: with test-time flip, the mean over each face and its mirrored pixels on the
-    // whole validation set, which serve both the parity check (its first rows) and the manifest's
-    // figures; without, on the parity images only (the figures are training's).
-    let burn_logits = if req.test_time_flip {
-        eval::predict_mirror_mean(&model, &labelled.val, &preprocessor, &device, 128)?
-    } else {
-        eval::predict(&model, &val, &preprocessor, &device, 128)?
-    };
+    // A graph that is not one network's plain forward pass (test-time flip, an ensemble) is
+    // scored here on the whole validation set; training chose each member's epoch by its plain
+    // figures, which a plain single network keeps.
+    let measured = req.is_ensemble() || req.test_time_flip;
+    let scored = if measured { &labelled.val } else { &val };
+    // Each member's logits from a fresh load (the exporter moved the modules it captured onto its
+    // capture device), mirror-mean with test-time flip; the graph must reproduce their
+    // combination, which serves both the parity check (its first rows) and the figures.
+    let member_logits = trained
+        .iter()
+        .map(|t| {
+            let model = t.load(classes.len(), &device)?;
+            if req.test_time_flip {
+                eval::predict_mirror_mean(&model, scored, &preprocessor, &device, 128)
+            } else {
+                eval::predict(&model, scored, &preprocessor, &device, 128)
+            }
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let burn_logits = ensemble::combine(&member_logits, classes.len());
     let parity = check_parity(
         &burn_logits[..val.len() * classes.len()],
         &mut session,
@@ -347,61 +431,109 @@ fn write_version(
         );
     }
 
-    // With test-time flip the figures are the folded graph's, measured on the whole validation
-    // set; training chose the epoch by the plain model's.
-    let scores = if req.test_time_flip {
+    let scores = if measured {
         eval::score_logits(&burn_logits, &labelled.val, classes.len())?.0
     } else {
-        best.clone()
+        trained[0].best.clone()
+    };
+    // Each member alone, as the graph runs it (with the flip when folded in).
+    let alone = if req.is_ensemble() {
+        member_logits
+            .iter()
+            .map(|l| Ok(eval::score_logits(l, &labelled.val, classes.len())?.0))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        Vec::new()
     };
     let p = &mut manifest.provenance;
-    p.data = data_sources(req.config);
-    p.command = command.to_string();
+    p.data = Vec::new();
+    for t in trained {
+        for source in data_sources(t.member.config) {
+            if !p.data.contains(&source) {
+                p.data.push(source);
+            }
+        }
+    }
+    p.command = trained
+        .iter()
+        .map(|t| t.command.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
     p.trainer = format!("fer-train {}", env!("CARGO_PKG_VERSION"));
-    p.seed = Some(req.config.seed);
+    p.seed = (!req.is_ensemble()).then_some(config.seed);
     p.metrics.insert("val_accuracy".into(), scores.accuracy);
     p.metrics.insert("val_macro_f1".into(), scores.macro_f1);
     for (label, f1) in classes.iter().zip(&scores.per_class_f1) {
         p.metrics.insert(format!("val_f1_{label}"), *f1);
     }
-    if req.test_time_flip {
-        // Passes of the network per face: what the graph costs against its network's MACs
+    if req.passes() > 1 {
+        // Passes of a network per face: what the graph costs against its network's MACs
         // (`fer-train frontier` multiplies by it).
-        p.metrics.insert(FORWARD_PASSES.into(), 2.0);
+        p.metrics.insert(FORWARD_PASSES.into(), req.passes() as f64);
+    }
+    let first = &trained[0];
+    if req.is_ensemble() {
+        for (i, (t, s)) in trained.iter().zip(&alone).enumerate() {
+            let n = i + 1;
+            p.metrics
+                .insert(format!("val_accuracy_member_{n}"), s.accuracy);
+            p.metrics
+                .insert(format!("val_macro_f1_member_{n}"), s.macro_f1);
+            p.metrics
+                .insert(format!("best_epoch_member_{n}"), t.state.best_epoch as f64);
+        }
+    } else {
+        if req.test_time_flip {
+            p.metrics
+                .insert("val_accuracy_without_flip".into(), first.best.accuracy);
+            p.metrics
+                .insert("val_macro_f1_without_flip".into(), first.best.macro_f1);
+        }
+        p.metrics.insert("epochs".into(), first.state.epoch as f64);
         p.metrics
-            .insert("val_accuracy_without_flip".into(), best.accuracy);
-        p.metrics
-            .insert("val_macro_f1_without_flip".into(), best.macro_f1);
+            .insert("best_epoch".into(), first.state.best_epoch as f64);
     }
     p.metrics
         .insert("val_images".into(), labelled.val.len() as f64);
     p.metrics
         .insert("train_images".into(), labelled.train.len() as f64);
-    p.metrics.insert("epochs".into(), state.epoch as f64);
-    p.metrics
-        .insert("best_epoch".into(), state.best_epoch as f64);
-    p.metrics
-        .insert("train_wall_seconds".into(), state.wall_seconds.round());
-    p.notes = format!(
-        "ONNX parity on {} validation images: max |Δlogit| {:.2e}, argmax agreement {}/{}{}",
-        parity.images,
-        parity.max_abs_diff,
-        parity.argmax_agree,
-        parity.images,
-        if req.test_time_flip {
-            "; test-time flip folded into the graph (logits of each face and its mirror image averaged: twice the compute)"
-        } else {
-            ""
-        }
+    let wall: f64 = trained.iter().map(|t| t.state.wall_seconds).sum();
+    p.metrics.insert("train_wall_seconds".into(), wall.round());
+    let mut notes = format!(
+        "ONNX parity on {} validation images: max |Δlogit| {:.2e}, argmax agreement {}/{}",
+        parity.images, parity.max_abs_diff, parity.argmax_agree, parity.images,
     );
+    if req.is_ensemble() {
+        let seeds: Vec<String> = trained
+            .iter()
+            .map(|t| t.member.config.seed.to_string())
+            .collect();
+        notes.push_str(&format!(
+            "; an ensemble of {} networks (seeds {}): the graph outputs the log of their mean class probabilities",
+            trained.len(),
+            seeds.join(", ")
+        ));
+    }
+    if req.test_time_flip {
+        notes.push_str(
+            "; test-time flip folded into the graph (logits of each face and its mirror image averaged: twice the compute)",
+        );
+    }
+    p.notes = notes;
     manifest
         .validate()
         .map_err(|e| anyhow::anyhow!("exported manifest: {e}"))?;
     manifest.save(&dir.join(MANIFEST_FILE))?;
-    std::fs::write(
-        dir.join("MODEL_CARD.md"),
-        model_card(req, &manifest, &model, state, &parity, &scores, best),
-    )?;
+    let card = Card {
+        req,
+        manifest: &manifest,
+        trained,
+        params,
+        parity: &parity,
+        scores: &scores,
+        alone: &alone,
+    };
+    std::fs::write(dir.join("MODEL_CARD.md"), card.render())?;
     Ok((parity, manifest))
 }
 
@@ -524,88 +656,188 @@ fn method(config: &Config) -> String {
     format!("{training}{targets}{reframed}")
 }
 
-fn model_card(
-    req: &ExportRequest,
-    manifest: &Manifest,
-    model: &FerNet,
-    state: &RunState,
-    parity: &Parity,
-    scores: &Scores,
-    plain: &Scores,
-) -> String {
-    let macs = forward_macs(
-        &req.config.model,
-        manifest.input.channels.count(),
-        manifest.input.width as usize,
-        manifest.labels.len(),
-    );
-    let mode = method(req.config);
-    let mut per_class = String::new();
-    for (label, f1) in manifest.labels.iter().zip(&scores.per_class_f1) {
-        per_class.push_str(&format!("| {label} | {f1:.4} |\n"));
-    }
-    let flip_export = if req.test_time_flip {
-        " Exported from the run's best checkpoint by `fer-train export --test-time-flip`."
-    } else {
-        ""
-    };
-    let (flip_cost, flip_method, flip_metrics) = if req.test_time_flip {
-        (
-            " (twice that with the test-time flip below)",
-            format!(
-                " At inference the graph scores each face and its mirror image and averages their logits (test-time flip, folded \
-                 into the export): twice the compute, for {:.4} accuracy and {:.4} macro-F1 against the plain model's {:.4} and {:.4}.",
-                scores.accuracy, scores.macro_f1, plain.accuracy, plain.macro_f1
-            ),
-            ", test-time flip included",
+/// What the model card is written from.
+struct Card<'a> {
+    req: &'a ExportRequest<'a>,
+    manifest: &'a Manifest,
+    trained: &'a [Trained<'a>],
+    params: &'a [usize],
+    parity: &'a Parity,
+    /// The graph's validation figures.
+    scores: &'a Scores,
+    /// Each ensemble member's alone (empty for one network).
+    alone: &'a [Scores],
+}
+
+impl Card<'_> {
+    fn render(&self) -> String {
+        let (manifest, req) = (self.manifest, self.req);
+        let mut backends: Vec<&str> = Vec::new();
+        for t in self.trained {
+            if !backends.contains(&t.state.backend.describe()) {
+                backends.push(t.state.backend.describe());
+            }
+        }
+        let mut data: Vec<String> = Vec::new();
+        for t in self.trained {
+            for source in data_sources(t.member.config) {
+                if !data.contains(&source) {
+                    data.push(source);
+                }
+            }
+        }
+        let mut per_class = String::new();
+        for (label, f1) in manifest.labels.iter().zip(&self.scores.per_class_f1) {
+            per_class.push_str(&format!("| {label} | {f1:.4} |\n"));
+        }
+        let (method, reproduce) = if req.is_ensemble() {
+            self.ensemble_sections()
+        } else {
+            self.single_sections()
+        };
+        let folded = match (req.is_ensemble(), req.test_time_flip) {
+            (true, true) => ", ensemble and test-time flip included",
+            (true, false) => ", ensemble included",
+            (false, true) => ", test-time flip included",
+            (false, false) => "",
+        };
+        format!(
+            "# {name} v{version}\n\n\
+             Facial-expression classifier for 48×48 grayscale face crops, trained by `fer-train` ({backend}).\n\n\
+             ## Data\n{data}. Read in place from `../shared/data/`; the images are research data and are not redistributed here.\n\n\
+             ## Method\n{method}\n\n\
+             ## Reproduce\n{reproduce}\n\n\
+             ## Validation metrics (best epoch{folded})\n- accuracy: {acc:.4}\n- macro-F1: {f1:.4}\n\n| class | F1 |\n|---|---|\n{per_class}\n\
+             ## Export check\nONNX Runtime vs burn on {images} validation images: max |Δlogit| {diff:.2e} (tolerance {tol:.0e}), argmax agreement {agree}/{images}.\n\n\
+             ## Intended use\nClassifying the expression of a single, roughly frontal, cropped face (as `POST /v1/classify` expects). \
+             Research and demonstration use.\n\n\
+             ## Limits\nTrained on FER2013-style faces (low resolution, mostly frontal, internet photos); accuracy drops on profile views, \
+             occlusions and demographics under-represented in that data. An expression label is not an emotion: it describes a face, not what a person feels. \
+             Do not use it to make decisions about people.\n",
+            name = manifest.name,
+            version = manifest.version,
+            backend = backends.join(", "),
+            data = data.join("; "),
+            acc = self.scores.accuracy,
+            f1 = self.scores.macro_f1,
+            images = self.parity.images,
+            diff = self.parity.max_abs_diff,
+            tol = PARITY_TOLERANCE,
+            agree = self.parity.argmax_agree,
         )
-    } else {
-        ("", String::new(), "")
-    };
-    format!(
-        "# {name} v{version}\n\n\
-         Facial-expression classifier for 48×48 grayscale face crops, trained by `fer-train` ({backend}).\n\n\
-         ## Data\n{data}. Read in place from `../shared/data/`; the images are research data and are not redistributed here.\n\n\
-         ## Method\n{mode} A {params}-parameter VGG-style CNN (widths {widths:?}, {depth} conv per stage, \
-         {mmacs:.1} M multiply-accumulates per image{flip_cost}), AdamW, cosine schedule, weak augmentation (flip, small affine) of labelled images.{flip_method}\n\n\
-         ## Reproduce\n```\n{command}\n```\nSeed {seed}. {epochs} epochs ({steps} steps), best epoch {best_epoch}, \
-         {hours:.2} h of training wall time on the CPU it ran on.{stopped}{flip_export}\n\n\
-         ## Validation metrics (best epoch{flip_metrics})\n- accuracy: {acc:.4}\n- macro-F1: {f1:.4}\n\n| class | F1 |\n|---|---|\n{per_class}\n\
-         ## Export check\nONNX Runtime vs burn on {images} validation images: max |Δlogit| {diff:.2e} (tolerance {tol:.0e}), argmax agreement {agree}/{images}.\n\n\
-         ## Intended use\nClassifying the expression of a single, roughly frontal, cropped face (as `POST /v1/classify` expects). \
-         Research and demonstration use.\n\n\
-         ## Limits\nTrained on FER2013-style faces (low resolution, mostly frontal, internet photos); accuracy drops on profile views, \
-         occlusions and demographics under-represented in that data. An expression label is not an emotion: it describes a face, not what a person feels. \
-         Do not use it to make decisions about people.\n",
-        name = manifest.name,
-        version = manifest.version,
-        backend = state.backend.describe(),
-        data = data_sources(req.config).join("; "),
-        mode = mode,
-        params = model.num_params(),
-        widths = req.config.model.widths,
-        depth = req.config.model.convs_per_stage,
-        mmacs = macs as f64 / 1e6,
-        command = manifest.provenance.command,
-        seed = req.config.seed,
-        epochs = state.epoch,
-        steps = state.step,
-        best_epoch = state.best_epoch,
-        hours = state.wall_seconds / 3600.0,
-        stopped = if state.finished {
+    }
+
+    /// "A 1180000-parameter VGG-style CNN (…)" for member `i`.
+    fn network(&self, i: usize) -> String {
+        let config = self.trained[i].member.config;
+        let macs = forward_macs(
+            &config.model,
+            self.manifest.input.channels.count(),
+            self.manifest.input.width as usize,
+            self.manifest.labels.len(),
+        );
+        format!(
+            "A {}-parameter VGG-style CNN (widths {:?}, {} conv per stage, {:.1} M multiply-accumulates per image",
+            self.params[i],
+            config.model.widths,
+            config.model.convs_per_stage,
+            macs as f64 / 1e6
+        )
+    }
+
+    /// "Seed 42. 30 epochs (…) …" for member `i`.
+    fn schedule(&self, i: usize) -> String {
+        let (t, config) = (&self.trained[i], self.trained[i].member.config);
+        let stopped = if t.state.finished {
             String::new()
         } else {
             format!(
                 " Training was stopped after epoch {} of the config's {} (the learning-rate schedule had not reached its end); \
                  the same command resumes the run from its last checkpoint.",
-                state.epoch, req.config.epochs
+                t.state.epoch, config.epochs
             )
-        },
-        acc = scores.accuracy,
-        f1 = scores.macro_f1,
-        images = parity.images,
-        diff = parity.max_abs_diff,
-        tol = PARITY_TOLERANCE,
-        agree = parity.argmax_agree,
-    )
+        };
+        format!(
+            "Seed {}. {} epochs ({} steps), best epoch {}, {:.2} h of training wall time on the CPU it ran on.{stopped}",
+            config.seed,
+            t.state.epoch,
+            t.state.step,
+            t.state.best_epoch,
+            t.state.wall_seconds / 3600.0
+        )
+    }
+
+    fn single_sections(&self) -> (String, String) {
+        let (req, t) = (self.req, &self.trained[0]);
+        let (flip_cost, flip_method, flip_export) = if req.test_time_flip {
+            (
+                " (twice that with the test-time flip below)",
+                format!(
+                    " At inference the graph scores each face and its mirror image and averages their logits (test-time flip, folded \
+                     into the export): twice the compute, for {:.4} accuracy and {:.4} macro-F1 against the plain model's {:.4} and {:.4}.",
+                    self.scores.accuracy, self.scores.macro_f1, t.best.accuracy, t.best.macro_f1
+                ),
+                " Exported from the run's best checkpoint by `fer-train export --test-time-flip`.",
+            )
+        } else {
+            ("", String::new(), "")
+        };
+        (
+            format!(
+                "{} {}){flip_cost}, AdamW, cosine schedule, weak augmentation (flip, small affine) of labelled images.{flip_method}",
+                method(t.member.config),
+                self.network(0)
+            ),
+            format!("```\n{}\n```\n{}{flip_export}", t.command, self.schedule(0)),
+        )
+    }
+
+    fn ensemble_sections(&self) -> (String, String) {
+        let req = self.req;
+        let n = self.trained.len();
+        let flip = if req.test_time_flip {
+            " on the face and on its mirror image (test-time flip: each network's two logit vectors averaged first)"
+        } else {
+            " on the face"
+        };
+        let mut text = format!(
+            "An ensemble of {n} networks trained separately. The graph runs each{flip} and outputs the log of their mean class \
+             probabilities, so the softmax the server applies gives that mean: {passes} passes of a network per face.",
+            passes = req.passes()
+        );
+        for (i, t) in self.trained.iter().enumerate() {
+            let a = &self.alone[i];
+            text.push_str(&format!(
+                "\n\n### Member {k}\n{} {}), AdamW, cosine schedule, weak augmentation (flip, small affine) of labelled images. \
+                 {} Alone{}: {:.4} accuracy, {:.4} macro-F1.",
+                method(t.member.config),
+                self.network(i),
+                self.schedule(i),
+                if req.test_time_flip { ", with test-time flip" } else { "" },
+                a.accuracy,
+                a.macro_f1,
+                k = i + 1
+            ));
+        }
+        let commands: Vec<&str> = self.trained.iter().map(|t| t.command.as_str()).collect();
+        let runs: Vec<String> = self
+            .trained
+            .iter()
+            .map(|t| format!("--run {}", t.member.run.0.display()))
+            .collect();
+        (
+            text,
+            format!(
+                "Train the members (one command each):\n```\n{}\n```\nthen export them together, in this order: \
+                 `fer-train export {}{}` (the run folders as they were here).",
+                commands.join("\n"),
+                runs.join(" "),
+                if req.test_time_flip {
+                    " --test-time-flip"
+                } else {
+                    ""
+                }
+            ),
+        )
+    }
 }

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod config;
 pub mod data;
 pub mod ema;
+pub mod ensemble;
 pub mod eval;
 pub mod export;
 pub mod framing;

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 use fer_train::backend::TrainBackend;
 use fer_train::config::Config;
-use fer_train::export::{ExportRequest, export};
+use fer_train::export::{ExportRequest, Member, export};
 use fer_train::model::{FerNet, forward_macs};
 use fer_train::run::{RunDir, Session};
 use fer_train::train::train;
@@ -76,8 +76,10 @@ enum Command {
     },
     /// Export a run's best checkpoint to models/<name>/<version>/ and check ONNX parity.
     Export {
-        #[arg(long, env = "FER_TRAIN_RUN")]
-        run: PathBuf,
+        /// The run to export; repeat it to export an ensemble of several runs in one graph (their
+        /// class probabilities averaged: one pass of each network per face).
+        #[arg(long, env = "FER_TRAIN_RUN", required = true, value_delimiter = ',')]
+        run: Vec<PathBuf>,
         #[arg(long, env = "FER_TRAIN_NAME")]
         name: String,
         /// Version to write (default: the next free one). An existing version is only
@@ -93,9 +95,9 @@ enum Command {
         #[arg(long, env = "FER_TRAIN_MODELS_DIR", default_value = "models")]
         models_dir: PathBuf,
         /// The command that trained the run (recorded in the manifest and model card; default:
-        /// the one the run recorded when it was trained).
+        /// the one the run recorded when it was trained). With several runs, one per run, in order.
         #[arg(long, env = "FER_TRAIN_COMMAND")]
-        command: Option<String>,
+        command: Vec<String>,
         /// Validation images in the parity check (default: all).
         #[arg(long, env = "FER_TRAIN_PARITY_IMAGES")]
         parity_images: Option<usize>,
@@ -329,15 +331,36 @@ fn main() -> anyhow::Result<()> {
             ort_dylib,
             test_time_flip,
         } => {
-            let run = RunDir(run);
-            let cfg = Config::load(&run.config()).context("the run's config.toml")?;
+            if !command.is_empty() && command.len() != run.len() {
+                anyhow::bail!(
+                    "{} --command for {} --run: give one per run, in the same order",
+                    command.len(),
+                    run.len()
+                );
+            }
+            let runs: Vec<RunDir> = run.into_iter().map(RunDir).collect();
+            let configs = runs
+                .iter()
+                .map(|r| {
+                    Config::load(&r.config())
+                        .with_context(|| format!("{}: the run's config.toml", r.0.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let members: Vec<Member> = runs
+                .iter()
+                .zip(&configs)
+                .enumerate()
+                .map(|(i, (run, config))| Member {
+                    config,
+                    run,
+                    command: command.get(i).map(String::as_str),
+                })
+                .collect();
             let done = export(&ExportRequest {
-                config: &cfg,
-                run: &run,
+                members: &members,
                 models_dir: &models_dir,
                 name: &name,
                 version,
-                command: command.as_deref(),
                 ort_dylib: ort_dylib.as_deref(),
                 parity_images,
                 replace,

@@ -9,7 +9,7 @@ use fer_train::augment::AugmentConfig;
 use fer_train::backend::TrainBackend;
 use fer_train::config::{Config, LossConfig, Mode, OptimizerConfig, SslConfig};
 use fer_train::data::Source;
-use fer_train::export::{ExportRequest, export};
+use fer_train::export::{ExportRequest, Member, export};
 use fer_train::framing::ReframeConfig;
 use fer_train::model::ModelConfig;
 use fer_train::run::{RunDir, RunState, Session};
@@ -161,13 +161,16 @@ fn train_and_export(config: Config, backend: TrainBackend) -> RunState {
     assert_eq!(again.history.len(), 3);
 
     let models = dir.path().join("models");
-    let request = |parity_images| ExportRequest {
+    let member = [Member {
         config: &config,
         run: &run,
+        command: Some("cargo test -p fer-train --test smoke"),
+    }];
+    let request = |parity_images| ExportRequest {
+        members: &member,
         models_dir: &models,
         name: "smoke",
         version: Some(2),
-        command: Some("cargo test -p fer-train --test smoke"),
         ort_dylib: None,
         parity_images,
         replace: true,
@@ -222,23 +225,27 @@ fn export_never_overwrites_or_publishes_a_worse_model(base: &ExportRequest, mode
     .unwrap_err()
     .to_string();
     assert!(refused.contains("--replace"), "{refused}");
+    let recorded = [Member {
+        command: None,
+        ..base.members[0]
+    }];
     let missing = export(&ExportRequest {
         version: None,
-        command: None,
+        members: &recorded,
         ..*base
     })
     .unwrap_err()
     .to_string();
     assert!(missing.contains("--command"), "{missing}");
     std::fs::write(
-        base.run.command(),
+        base.members[0].run.command(),
         "fer-train train --config c.toml --run r\n",
     )
     .unwrap();
     // No version: the next free one, compared with the serving version 2 (the same model).
     let next = export(&ExportRequest {
         version: None,
-        command: None,
+        members: &recorded,
         force: false,
         ..*base
     })
@@ -322,6 +329,111 @@ fn export_folds_test_time_flip_into_the_graph(base: &ExportRequest) {
             .contains_key("val_accuracy_without_flip")
     );
     assert!(!plain.provenance.metrics.contains_key("forward_passes"));
+}
+
+/// `fer-train export --run A --run B`: two runs in one graph that outputs the log of their mean
+/// class probabilities, checked for parity against the members' logits combined in memory; the
+/// manifest counts the passes and records each member alone, the card both commands; runs on
+/// different data, or none, are refused.
+#[test]
+fn two_runs_export_as_one_ensemble_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs: Vec<Config> = [7, 8]
+        .into_iter()
+        .map(|seed| Config {
+            seed,
+            ..smoke_config(Mode::Supervised)
+        })
+        .collect();
+    let runs: Vec<RunDir> = configs
+        .iter()
+        .map(|c| {
+            let run = RunDir(dir.path().join(format!("run-{}", c.seed)));
+            train(c, &run, Session::default()).unwrap();
+            run
+        })
+        .collect();
+    let commands = ["train seed 7", "train seed 8"];
+    let members: Vec<Member> = (0..2)
+        .map(|i| Member {
+            config: &configs[i],
+            run: &runs[i],
+            command: Some(commands[i]),
+        })
+        .collect();
+    let models = dir.path().join("models");
+    let request = ExportRequest {
+        members: &members,
+        models_dir: &models,
+        name: "duo",
+        version: None,
+        ort_dylib: None,
+        parity_images: Some(32),
+        replace: false,
+        force: false,
+        test_time_flip: true,
+    };
+    let done = export(&request).unwrap();
+    assert!(done.parity.passed(), "{:?}", done.parity);
+    assert_eq!(done.parity.images, 32);
+    assert_eq!(done.dir, models.join("duo/1"));
+    let manifest = Manifest::load(&done.dir.join(MANIFEST_FILE)).unwrap();
+    let metrics = &manifest.provenance.metrics;
+    assert_eq!(metrics["forward_passes"], 4.0, "{metrics:?}");
+    assert_eq!(metrics["val_accuracy"], done.figures.accuracy);
+    assert_eq!(metrics["val_images"], 128.0);
+    for key in [
+        "val_accuracy_member_1",
+        "val_macro_f1_member_2",
+        "best_epoch_member_2",
+    ] {
+        assert!(metrics.contains_key(key), "{key}: {metrics:?}");
+    }
+    assert!(!metrics.contains_key("epochs"), "{metrics:?}");
+    assert_eq!(manifest.provenance.seed, None);
+    assert_eq!(manifest.provenance.command, "train seed 7\ntrain seed 8");
+    assert!(
+        manifest.provenance.notes.contains("seeds 7, 8"),
+        "{}",
+        manifest.provenance.notes
+    );
+    let card = std::fs::read_to_string(done.dir.join("MODEL_CARD.md")).unwrap();
+    for needle in [
+        "An ensemble of 2 networks",
+        "### Member 2",
+        "train seed 8",
+        "--test-time-flip",
+        "4 passes",
+    ] {
+        assert!(card.contains(needle), "{needle} not in {card}");
+    }
+
+    let fer2013 = Config {
+        data: Source::Fer2013,
+        ..configs[1].clone()
+    };
+    let mixed = [
+        members[0],
+        Member {
+            config: &fer2013,
+            ..members[1]
+        },
+    ];
+    let refused = export(&ExportRequest {
+        members: &mixed,
+        ..request
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("same data"), "{refused}");
+    let none = export(&ExportRequest {
+        members: &[],
+        ..request
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(none.contains("at least one run"), "{none}");
+    assert!(!models.join("duo/2").exists());
 }
 
 /// A semi-supervised run stopped mid-epoch (off the checkpoint interval) and resumed ends where the
