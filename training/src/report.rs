@@ -109,6 +109,40 @@ fn legend<'a, 'b: 'a>(
         .map_err(plot_err)
 }
 
+/// The corner of a chart (epochs 0..`epochs` across, `y` up) where the fewest points fall within
+/// a legend's size (a third of the width, 45 % of the height), so that the legend hides the least.
+fn emptiest_corner(
+    points: &[(f64, f64)],
+    epochs: f64,
+    y: std::ops::Range<f64>,
+) -> SeriesLabelPosition {
+    let (w, h) = (epochs / 3.0, (y.end - y.start) * 0.45);
+    let corners = [
+        (
+            SeriesLabelPosition::UpperRight,
+            epochs - w..epochs,
+            y.end - h..y.end,
+        ),
+        (
+            SeriesLabelPosition::LowerRight,
+            epochs - w..epochs,
+            y.start..y.start + h,
+        ),
+        (SeriesLabelPosition::UpperLeft, 0.0..w, y.end - h..y.end),
+        (SeriesLabelPosition::LowerLeft, 0.0..w, y.start..y.start + h),
+    ];
+    let inside = |(xs, ys): (&std::ops::Range<f64>, &std::ops::Range<f64>)| {
+        points
+            .iter()
+            .filter(|(px, py)| xs.contains(px) && ys.contains(py))
+            .count()
+    };
+    corners
+        .into_iter()
+        .min_by_key(|(_, xs, ys)| inside((xs, ys)))
+        .map_or(SeriesLabelPosition::LowerRight, |(p, _, _)| p)
+}
+
 /// A dashed vertical line at the best epoch, named at its foot or top (on its left in the right
 /// half of the chart, so the name stays inside).
 fn mark_best(
@@ -366,18 +400,16 @@ fn ssl_plot(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow::
     let (left, right) = root.split_horizontally(650);
     let epochs = history.len().max(history.last().map_or(1, |h| h.epoch));
     let mut chart = epoch_axes(&left, "class thresholds", epochs, 0.0..1.0, "threshold")?;
+    let mut drawn = Vec::new();
     for (c, name) in classes.iter().enumerate() {
-        draw_line(
-            &mut chart,
-            points
-                .iter()
-                .map(|(e, s)| (*e, f64::from(s.thresholds.get(c).copied().unwrap_or(0.0))))
-                .collect(),
-            TAB10[c % TAB10.len()],
-            name,
-        )?;
+        let line: Vec<(f64, f64)> = points
+            .iter()
+            .map(|(e, s)| (*e, f64::from(s.thresholds.get(c).copied().unwrap_or(0.0))))
+            .collect();
+        drawn.extend_from_slice(&line);
+        draw_line(&mut chart, line, TAB10[c % TAB10.len()], name)?;
     }
-    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
+    legend(&mut chart, emptiest_corner(&drawn, epochs as f64, 0.0..1.0))?;
     let mut chart = epoch_axes(
         &right,
         "mask rate",
@@ -446,4 +478,34 @@ pub fn summary(
     };
     std::fs::write(run.summary(), serde_json::to_vec_pretty(&summary)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_legend_goes_where_the_lines_are_not() {
+        // FreeMatch-like thresholds: low everywhere, one rising into the upper right.
+        let mut points: Vec<(f64, f64)> = (1..=100)
+            .flat_map(|e| [(e as f64, 0.2), (e as f64, 0.1 + 0.007 * e as f64)])
+            .collect();
+        assert!(matches!(
+            emptiest_corner(&points, 100.0, 0.0..1.0),
+            SeriesLabelPosition::UpperLeft
+        ));
+        // DTM-like: everything between the floor of 0.5 and 0.7, nothing low.
+        points = (1..=100)
+            .flat_map(|e| {
+                [
+                    (e as f64, 0.7),
+                    (e as f64, (0.7 - 0.01 * e as f64).max(0.5)),
+                ]
+            })
+            .collect();
+        assert!(matches!(
+            emptiest_corner(&points, 100.0, 0.0..1.0),
+            SeriesLabelPosition::LowerRight
+        ));
+    }
 }
