@@ -47,9 +47,17 @@ impl Ensemble {
             .fold(softmax_rows(logits(&self.first)), |sum, m| {
                 sum + softmax_rows(logits(m))
             });
-        sum.div_scalar(self.count() as f32).log()
+        sum.div_scalar(self.count() as f32)
+            .add_scalar(PROBABILITY_FLOOR)
+            .log()
     }
 }
+
+/// Added to the mean probability before its log, so that a class every member rules out (its
+/// probability under f32's range) gets a finite logit, ln(1e-30) ≈ −69, instead of −∞, which
+/// JSON cannot carry (KServe v2 returns the raw output). Below f32's precision for any
+/// probability over 1e-23, so it changes nothing else.
+pub const PROBABILITY_FLOOR: f32 = 1e-30;
 
 /// Row-wise softmax from the ops the ONNX exporter lowers (max with indices, sub, exp, sum,
 /// div): burn's fused `softmax` is not among them.
@@ -78,7 +86,9 @@ pub fn combine(members: &[Vec<f32>], classes: usize) -> Vec<f32> {
                 }
             }
             let n = members.len() as f64;
-            mean.iter().map(|p| (p / n).ln() as f32).collect()
+            mean.iter()
+                .map(|p| (p / n + f64::from(PROBABILITY_FLOOR)).ln() as f32)
+                .collect()
         }
     }
 }
@@ -120,6 +130,10 @@ mod tests {
         let other = vec![0.0, 2.0];
         let out = combine(&[sure, other.clone(), other], 2);
         assert!(out[1] > out[0], "{out:?}");
+        // A class both members rule out keeps a finite logit.
+        let out = combine(&[vec![200.0, 0.0], vec![150.0, 0.0]], 2);
+        assert!(out.iter().all(|z| z.is_finite()), "{out:?}");
+        assert!(out[1] < -60.0, "{out:?}");
     }
 
     #[test]
@@ -146,9 +160,13 @@ mod tests {
         let expected = combine(&each, 3);
         let mut members = members.into_iter();
         let first = members.next().unwrap();
-        let graph = values(Ensemble::new(first, members.collect()).forward(images, false));
+        let ensemble = Ensemble::new(first, members.collect());
+        let graph = values(ensemble.forward(images.clone(), false));
         for (a, b) in graph.iter().zip(&expected) {
             assert!((a - b).abs() < 1e-4, "{graph:?} vs {expected:?}");
         }
+        // Inputs far out of range: the graph's logits stay finite.
+        let extreme = values(ensemble.forward(images.mul_scalar(1e4), false));
+        assert!(extreme.iter().all(|z| z.is_finite()), "{extreme:?}");
     }
 }
