@@ -7,7 +7,8 @@
 //! faces at batch 1 and at the server's largest batch, with the machine's physical cores as
 //! intra-op threads (the server's default). Decoding is left out: it costs the same for every
 //! model. MACs come from the network's config ([`forward_macs`]), so the INT8 variant of a network
-//! has its FP32 source's count, times the passes a graph with test-time flip makes.
+//! has its FP32 source's count, times the passes a graph makes (test-time flip: 2; an ensemble: one
+//! per member, its members of the config's network).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,7 +28,8 @@ use crate::eval::{onnx_logits, score_logits};
 use crate::export::FORWARD_PASSES;
 use crate::model::forward_macs;
 
-/// Passes of the network per face that a version's graph makes (2 with test-time flip folded in).
+/// Passes of the network per face that a version's graph makes (2 with test-time flip folded in,
+/// times the members of an ensemble).
 fn passes(manifest: &Manifest) -> u64 {
     manifest
         .provenance
