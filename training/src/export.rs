@@ -678,14 +678,6 @@ impl Card<'_> {
                 backends.push(t.state.backend.describe());
             }
         }
-        let mut data: Vec<String> = Vec::new();
-        for t in self.trained {
-            for source in data_sources(t.member.config) {
-                if !data.contains(&source) {
-                    data.push(source);
-                }
-            }
-        }
         let mut per_class = String::new();
         for (label, f1) in manifest.labels.iter().zip(&self.scores.per_class_f1) {
             per_class.push_str(&format!("| {label} | {f1:.4} |\n"));
@@ -717,7 +709,7 @@ impl Card<'_> {
             name = manifest.name,
             version = manifest.version,
             backend = backends.join(", "),
-            data = data.join("; "),
+            data = manifest.provenance.data.join("; "),
             acc = self.scores.accuracy,
             f1 = self.scores.macro_f1,
             images = self.parity.images,
