@@ -534,6 +534,7 @@ fn write_version(
         alone: &alone,
     };
     std::fs::write(dir.join("MODEL_CARD.md"), card.render())?;
+    copy_training_record(trained, dir)?;
     Ok((parity, manifest))
 }
 
@@ -654,6 +655,49 @@ fn method(config: &Config) -> String {
         ""
     };
     format!("{training}{targets}{reframed}")
+}
+
+/// The run folder a `fer-train train` command line trains into (its `--run` argument).
+fn run_folder_of(command: &str) -> Option<&str> {
+    let mut words = command.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "--run" {
+            return words.next();
+        }
+        if let Some(folder) = word.strip_prefix("--run=") {
+            return Some(folder);
+        }
+    }
+    None
+}
+
+/// Files of a run that a version keeps under `training/` (per member, `training/member-N/`, in
+/// an ensemble): its summary and pictures, so the card's figures can be looked at beside it.
+const TRAINING_RECORD: [&str; 4] = [
+    "summary.json",
+    "curves.svg",
+    "confusion.svg",
+    "thresholds.svg",
+];
+
+/// Copies each member's [`TRAINING_RECORD`] files that its run has into the version folder `dir`.
+fn copy_training_record(trained: &[Trained], dir: &Path) -> anyhow::Result<()> {
+    for (i, t) in trained.iter().enumerate() {
+        let to = if trained.len() == 1 {
+            dir.join("training")
+        } else {
+            dir.join("training").join(format!("member-{}", i + 1))
+        };
+        std::fs::create_dir_all(&to)?;
+        for file in TRAINING_RECORD {
+            let from = t.member.run.0.join(file);
+            if from.exists() {
+                std::fs::copy(&from, to.join(file))
+                    .with_context(|| format!("copying {}", from.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What the model card is written from.
@@ -812,17 +856,25 @@ impl Card<'_> {
             ));
         }
         let commands: Vec<&str> = self.trained.iter().map(|t| t.command.as_str()).collect();
+        // The folders the commands above train into; the folder exported from where a command
+        // names none.
         let runs: Vec<String> = self
             .trained
             .iter()
-            .map(|t| format!("--run {}", t.member.run.0.display()))
+            .map(|t| {
+                let folder = run_folder_of(&t.command)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| t.member.run.0.display().to_string());
+                format!("--run {folder}")
+            })
             .collect();
         (
             text,
             format!(
-                "Train the members (one command each):\n```\n{}\n```\nthen export them together, in this order: \
-                 `fer-train export {}{}` (the run folders as they were here).",
+                "Train the members (one command each):\n```\n{}\n```\nthen export them together, in this order:\n```\n\
+                 fer-train export --name {} {}{}\n```",
                 commands.join("\n"),
+                req.name,
                 runs.join(" "),
                 if req.test_time_flip {
                     " --test-time-flip"
@@ -831,5 +883,25 @@ impl Card<'_> {
                 }
             ),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_folder_of;
+
+    #[test]
+    fn the_run_folder_is_read_from_the_training_command() {
+        assert_eq!(
+            run_folder_of("fer-train train --config c.toml --run runs/a --stop-after-steps 9"),
+            Some("runs/a")
+        );
+        assert_eq!(
+            run_folder_of("fer-train train --run=runs/b"),
+            Some("runs/b")
+        );
+        assert_eq!(run_folder_of("fer-train train --config c.toml"), None);
+        assert_eq!(run_folder_of("fer-train train --run"), None);
+        assert_eq!(run_folder_of("fer-train train --runs x"), None);
     }
 }

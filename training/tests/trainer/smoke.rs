@@ -320,6 +320,10 @@ fn export_folds_test_time_flip_into_the_graph(base: &ExportRequest) {
         card.contains("mirror image") && card.contains("twice"),
         "{card}"
     );
+    // The run's summary and pictures are kept beside the graph.
+    for file in ["summary.json", "curves.svg", "confusion.svg"] {
+        assert!(flipped.dir.join("training").join(file).is_file(), "{file}");
+    }
     // The plain export of the same run records no flip.
     let plain = Manifest::load(&base.models_dir.join("smoke/2").join(MANIFEST_FILE)).unwrap();
     assert!(
@@ -353,7 +357,8 @@ fn two_runs_export_as_one_ensemble_graph() {
             run
         })
         .collect();
-    let commands = ["train seed 7", "train seed 8"];
+    // The first command names its run folder, the second none (the card then gives the folder).
+    let commands = ["train seed 7 --run runs/seven", "train seed 8"];
     let members: Vec<Member> = (0..2)
         .map(|i| Member {
             config: &configs[i],
@@ -391,7 +396,10 @@ fn two_runs_export_as_one_ensemble_graph() {
     }
     assert!(!metrics.contains_key("epochs"), "{metrics:?}");
     assert_eq!(manifest.provenance.seed, None);
-    assert_eq!(manifest.provenance.command, "train seed 7\ntrain seed 8");
+    assert_eq!(
+        manifest.provenance.command,
+        "train seed 7 --run runs/seven\ntrain seed 8"
+    );
     assert!(
         manifest.provenance.notes.contains("seeds 7, 8"),
         "{}",
@@ -402,10 +410,17 @@ fn two_runs_export_as_one_ensemble_graph() {
         "An ensemble of 2 networks",
         "### Member 2",
         "train seed 8",
-        "--test-time-flip",
         "4 passes",
+        &format!(
+            "fer-train export --name duo --run runs/seven --run {} --test-time-flip",
+            runs[1].0.display()
+        ),
     ] {
         assert!(card.contains(needle), "{needle} not in {card}");
+    }
+    // Each member's summary and pictures are kept beside the graph.
+    for file in ["member-1/summary.json", "member-2/curves.svg"] {
+        assert!(done.dir.join("training").join(file).is_file(), "{file}");
     }
 
     let fer2013 = Config {
