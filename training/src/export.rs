@@ -20,6 +20,7 @@ use crate::ensemble::{self, Ensemble};
 use crate::eval::{self, argmax};
 use crate::metrics::Scores;
 use crate::model::{FerNet, forward_macs};
+use crate::report::{CONFUSION_SVG, CURVES_SVG, THRESHOLDS_SVG};
 use crate::run::{self, RunDir, RunState};
 use crate::thresholds::Anchor;
 use crate::train;
@@ -671,16 +672,9 @@ fn run_folder_of(command: &str) -> Option<&str> {
     None
 }
 
-/// Files of a run that a version keeps under `training/` (per member, `training/member-N/`, in
-/// an ensemble): its summary and pictures, so the card's figures can be looked at beside it.
-const TRAINING_RECORD: [&str; 4] = [
-    "summary.json",
-    "curves.svg",
-    "confusion.svg",
-    "thresholds.svg",
-];
-
-/// Copies each member's [`TRAINING_RECORD`] files that its run has into the version folder `dir`.
+/// Copies each member's summary and pictures that its run has into the version folder `dir`,
+/// under `training/` (per member, `training/member-N/`, in an ensemble), so the card's figures can
+/// be looked at beside it.
 fn copy_training_record(trained: &[Trained], dir: &Path) -> anyhow::Result<()> {
     for (i, t) in trained.iter().enumerate() {
         let to = if trained.len() == 1 {
@@ -689,9 +683,10 @@ fn copy_training_record(trained: &[Trained], dir: &Path) -> anyhow::Result<()> {
             dir.join("training").join(format!("member-{}", i + 1))
         };
         std::fs::create_dir_all(&to)?;
-        for file in TRAINING_RECORD {
-            let from = t.member.run.0.join(file);
-            if from.exists() {
+        let run = t.member.run;
+        let pictures = [CURVES_SVG, CONFUSION_SVG, THRESHOLDS_SVG].map(|f| run.0.join(f));
+        for from in std::iter::once(run.summary()).chain(pictures) {
+            if let Some(file) = from.file_name().filter(|_| from.exists()) {
                 std::fs::copy(&from, to.join(file))
                     .with_context(|| format!("copying {}", from.display()))?;
             }

@@ -59,6 +59,11 @@ fn fitted(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
 }
 
 /// Matplotlib's `tab10` colours: distinct, and readable on white.
+/// The pictures a run's folder holds (drawn here, kept with an exported version by `export`).
+pub const CURVES_SVG: &str = "curves.svg";
+pub const CONFUSION_SVG: &str = "confusion.svg";
+pub const THRESHOLDS_SVG: &str = "thresholds.svg";
+
 const TAB10: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -196,7 +201,7 @@ pub fn plots(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow:
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let path = dir.join("curves.svg");
+    let path = dir.join(CURVES_SVG);
     let root = SVGBackend::new(&path, (1100, 460)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let root = root
@@ -248,7 +253,7 @@ pub fn plots(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow:
     legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present().map_err(plot_err)?;
     confusion_plot(
-        &dir.join("confusion.svg"),
+        &dir.join(CONFUSION_SVG),
         best.epoch,
         best_val,
         classes,
@@ -382,7 +387,7 @@ fn ssl_plot(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow::
     if points.is_empty() {
         return Ok(());
     }
-    let path = dir.join("thresholds.svg");
+    let path = dir.join(THRESHOLDS_SVG);
     let root = SVGBackend::new(&path, (1100, 460)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let run = dir
