@@ -375,7 +375,8 @@ fn model_card(
     }
     format!(
         "# {name}/{version}: INT8 variant of {src}/{sv}\n\n\
-         The same network, labels, input and preprocessing as `{src}/{sv}` (see its model card for the \
+         The same graph (every network and forward pass of it, where it is an ensemble or folds in a \
+         test-time flip), labels, input and preprocessing as `{src}/{sv}` (see its model card for the \
          data, the training and the limits of the model), with its weights and activations quantized to \
          8-bit integers inside the graph (ONNX QDQ; the input and output stay float32, so clients see no \
          difference but the scores).\n\n\
