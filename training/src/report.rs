@@ -58,12 +58,12 @@ fn fitted(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     (lo - pad).max(0.0)..hi + pad
 }
 
-/// Matplotlib's `tab10` colours: distinct, and readable on white.
 /// The pictures a run's folder holds (drawn here, kept with an exported version by `export`).
 pub const CURVES_SVG: &str = "curves.svg";
 pub const CONFUSION_SVG: &str = "confusion.svg";
 pub const THRESHOLDS_SVG: &str = "thresholds.svg";
 
+/// Matplotlib's `tab10` colours: distinct, and readable on white.
 const TAB10: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
