@@ -121,6 +121,21 @@ pub struct SslConfig {
     /// Re-crop the unlabelled faces to the labelled data's framing (drops images without exactly
     /// one face); `None` uses them as they are.
     pub reframe: Option<ReframeConfig>,
+    /// What the student learns from an accepted pseudo-label.
+    pub pseudo_labels: PseudoLabels,
+}
+
+/// The target of the unlabelled loss for an accepted image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PseudoLabels {
+    /// The teacher's argmax, one-hot (FixMatch and every mode's default).
+    #[default]
+    Hard,
+    /// The teacher's whole class distribution on the weak view: the unlabelled counterpart of
+    /// `loss.soft_targets`, so a recipe that learns vote distributions does not learn one-hot
+    /// labels on its unlabelled half.
+    Soft,
 }
 
 impl Default for SslConfig {
@@ -136,6 +151,7 @@ impl Default for SslConfig {
             fairness: 0.01,
             dtm: DtmParams::default(),
             reframe: None,
+            pseudo_labels: PseudoLabels::Hard,
         }
     }
 }
@@ -308,6 +324,15 @@ mod tests {
         assert!(toml::from_str::<Config>(&format!("mode = \"magic\"\n{base}")).is_err());
         assert!(toml::from_str::<Config>(&format!("epoch = 3\n{base}")).is_err());
         assert!(toml::from_str::<Config>(&format!("{base}[ssl]\nmuu = 3\n")).is_err());
+        let soft = toml::from_str::<Config>(&format!("{base}[ssl]\npseudo_labels = \"soft\"\n"));
+        assert_eq!(soft.unwrap().ssl.pseudo_labels, PseudoLabels::Soft);
+        assert_eq!(
+            toml::from_str::<Config>(base).unwrap().ssl.pseudo_labels,
+            PseudoLabels::Hard
+        );
+        assert!(
+            toml::from_str::<Config>(&format!("{base}[ssl]\npseudo_labels = \"fuzzy\"\n")).is_err()
+        );
     }
 
     #[test]

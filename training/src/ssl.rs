@@ -4,6 +4,8 @@
 //!
 //! L = L_sup + λ_u · (1/μB) Σ mask_i · CE(student(strong_i), argmax teacher(weak_i)) [+ λ_f · L_fair]
 //!
+//! (with `ssl.pseudo_labels = "soft"` the target is teacher(weak_i), the whole distribution).
+//!
 //! The labelled batch and the strong views go through the student in one forward pass, so batch
 //! norm sees both. L_fair is FreeMatch's self-adaptive fairness term (FreeMatch only).
 
@@ -16,7 +18,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
 use crate::batch::{ViewKind, images_tensor, view_batch};
-use crate::config::{Config, Mode, SslConfig};
+use crate::config::{Config, Mode, PseudoLabels, SslConfig};
 use crate::data::{self, Dataset};
 use crate::eval::argmax;
 use crate::framing::Reframer;
@@ -197,10 +199,6 @@ impl SemiSupervised<'_> {
         .try_to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("teacher output: {e:?}"))?;
         let mask = self.policy.select(&indices, &probs, progress);
-        let pseudo: Vec<i64> = probs
-            .chunks(self.classes)
-            .map(|row| argmax(row) as i64)
-            .collect();
 
         // The student's view: strong, in one pass with the labelled images.
         let strong = view_batch(
@@ -217,12 +215,9 @@ impl SemiSupervised<'_> {
         let u_logits = logits.narrow(0, n_l, n_u);
 
         let accepted = mask.iter().filter(|m| **m > 0.0).count();
-        let pseudo = Tensor::<2, Int>::from_data(TensorData::new(pseudo, [n_u, 1]), &device);
+        let targets = pseudo_targets(&probs, self.classes, self.config.ssl.pseudo_labels);
         let mask_t = Tensor::<1>::from_data(TensorData::new(mask.clone(), [n_u]), &device);
-        let nll = log_softmax(u_logits.clone(), 1)
-            .gather(1, pseudo)
-            .reshape([n_u])
-            .neg();
+        let nll = pseudo_label_nll(u_logits.clone(), targets, &device);
         let unsup = (nll * mask_t).sum().div_scalar(n_u as f32);
         let unsup_value = f64::from(unsup.clone().into_scalar::<f32>());
         let mut total = sup_loss + unsup.mul_scalar(self.config.ssl.lambda_u);
@@ -244,6 +239,31 @@ impl SemiSupervised<'_> {
             },
         ))
     }
+}
+
+/// The unlabelled images' targets, one row of `classes` per image: the teacher's argmax one-hot
+/// (hard) or its distribution as it is (soft).
+fn pseudo_targets(probs: &[f32], classes: usize, kind: PseudoLabels) -> Vec<f32> {
+    match kind {
+        PseudoLabels::Soft => probs.to_vec(),
+        PseudoLabels::Hard => probs
+            .chunks(classes)
+            .flat_map(|row| {
+                let top = argmax(row);
+                (0..classes).map(move |c| if c == top { 1.0 } else { 0.0 })
+            })
+            .collect(),
+    }
+}
+
+/// Each image's cross-entropy −Σ_c target(c) · log softmax(logits)(c) against its row of `targets`.
+fn pseudo_label_nll(logits: Tensor<2>, targets: Vec<f32>, device: &Device) -> Tensor<1> {
+    let [n, classes] = logits.dims();
+    let targets = Tensor::<2>::from_data(TensorData::new(targets, [n, classes]), device);
+    (log_softmax(logits, 1) * targets)
+        .sum_dim(1)
+        .reshape([n])
+        .neg()
 }
 
 /// FreeMatch's self-adaptive fairness term on the strong-view logits of the accepted images:
@@ -313,6 +333,45 @@ mod tests {
         // Straddling two passes: the second pass is another shuffle.
         assert_eq!(p.batch(2, 4).len(), 4);
         assert_ne!(p.batch(0, 10), p.batch(1, 10));
+    }
+
+    #[test]
+    fn hard_targets_are_the_argmax_and_soft_ones_the_distribution() {
+        let probs = [0.2f32, 0.7, 0.1, 0.5, 0.25, 0.25];
+        assert_eq!(
+            pseudo_targets(&probs, 3, PseudoLabels::Hard),
+            vec![0.0, 1.0, 0.0, 1.0, 0.0, 0.0]
+        );
+        assert_eq!(
+            pseudo_targets(&probs, 3, PseudoLabels::Soft),
+            probs.to_vec()
+        );
+    }
+
+    #[test]
+    fn pseudo_label_nll_is_the_cross_entropy_against_each_row() {
+        let device = Device::flex();
+        let logits = || {
+            Tensor::<2>::from_data(
+                TensorData::new(vec![2.0f32, 0.0, 0.0, 1.0], [2, 2]),
+                &device,
+            )
+        };
+        let log_p = |a: f32, b: f32| a - (a.exp() + b.exp()).ln();
+        let nll = |targets: Vec<f32>| {
+            pseudo_label_nll(logits(), targets, &device)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        // One-hot rows: −log p of the target class, as a hard label's cross-entropy.
+        let hard = nll(vec![0.0, 1.0, 0.0, 1.0]);
+        assert!((hard[0] + log_p(0.0, 2.0)).abs() < 1e-5, "{hard:?}");
+        assert!((hard[1] + log_p(1.0, 0.0)).abs() < 1e-5, "{hard:?}");
+        // A split row weighs both classes' log-probabilities.
+        let soft = nll(vec![0.5, 0.5, 0.5, 0.5]);
+        let expected = -0.5 * (log_p(2.0, 0.0) + log_p(0.0, 2.0));
+        assert!((soft[0] - expected).abs() < 1e-5, "{soft:?}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use fer_contract::Manifest;
 
 use super::{ExportRequest, PARITY_TOLERANCE, Parity, Trained};
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, PseudoLabels};
 use crate::metrics::Scores;
 use crate::model::forward_macs;
 use crate::thresholds::Anchor;
@@ -46,10 +46,14 @@ fn method(config: &Config) -> String {
         .map(|d| format!(" The exported weights are the EMA of the student's (decay {d})."))
         .unwrap_or_default();
     let ssl = &config.ssl;
+    let learns = match ssl.pseudo_labels {
+        PseudoLabels::Hard => "the pseudo-labels (the teacher's top class)",
+        PseudoLabels::Soft => "the teacher's class distributions (soft pseudo-labels)",
+    };
     let semi = |policy: String| {
         format!(
             "Semi-supervised training ({}): an EMA teacher pseudo-labels the weak view of {} unlabelled images per labelled one; \
-             the student learns the pseudo-labels that pass {policy} on a strong view (RandAugment-style ops and cutout), \
+             the student learns {learns} of the images that pass {policy} on a strong view (RandAugment-style ops and cutout), \
              with weight λ_u = {}.{ema}",
             config.mode.name(),
             ssl.mu,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use fer_contract::{MANIFEST_FILE, Manifest};
 use fer_train::augment::AugmentConfig;
 use fer_train::backend::TrainBackend;
-use fer_train::config::{Config, LossConfig, Mode, OptimizerConfig, SslConfig};
+use fer_train::config::{Config, LossConfig, Mode, OptimizerConfig, PseudoLabels, SslConfig};
 use fer_train::data::Source;
 use fer_train::export::{ExportRequest, Member, export};
 use fer_train::framing::ReframeConfig;
@@ -66,7 +66,8 @@ fn every_mode_trains_with_falling_loss_and_exports_with_parity() {
 }
 
 /// FER+'s vote distributions as targets, and DTM anchored on labelled data with its unlabelled
-/// faces re-framed by the face detector as they load.
+/// faces re-framed by the face detector as they load, learning soft pseudo-labels beside the
+/// vote distributions (ablation (b)'s FER+ recipe).
 #[test]
 fn soft_targets_and_dtm_on_labelled_data_with_reframed_faces_train_and_export() {
     let mut soft = smoke_config(Mode::Supervised);
@@ -81,6 +82,8 @@ fn soft_targets_and_dtm_on_labelled_data_with_reframed_faces_train_and_export() 
 
     let mut dtm = smoke_config(Mode::Dtm);
     dtm.ssl.dtm.anchor = Anchor::Labelled;
+    dtm.loss.soft_targets = true;
+    dtm.ssl.pseudo_labels = PseudoLabels::Soft;
     dtm.ssl.reframe = Some(ReframeConfig {
         detector: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../shared/models/ultraface/version-RFB-320.onnx"),
