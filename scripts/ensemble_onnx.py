@@ -111,15 +111,14 @@ def main():
     if classes != 8:
         print("(FER2013: JPEGs decoded by Pillow, not the trainer's decoder; figures differ slightly)")
     print("| graph | test-time flip | val accuracy | val macro-F1 |\n|---|---|---|---|")
+    plain, mirrored = {}, {}
+    for name, version, manifest in zip(names, args.versions, manifests):
+        session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+        x = to_input(images, manifest)
+        plain[name] = logits(session, x)
+        mirrored[name] = logits(session, x[..., ::-1].copy())
     for flip in (False, True):
-        probs = {}
-        for name, version, manifest in zip(names, args.versions, manifests):
-            session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
-            x = to_input(images, manifest)
-            z = logits(session, x)
-            if flip:
-                z = (z + logits(session, x[..., ::-1].copy())) / 2
-            probs[name] = softmax(z)
+        probs = {n: softmax((plain[n] + mirrored[n]) / 2 if flip else plain[n]) for n in names}
         for size in range(1, len(names) + 1):
             for combo in itertools.combinations(names, size):
                 accuracy, macro_f1 = scores(sum(probs[n] for n in combo) / size, truth, classes)
