@@ -167,25 +167,62 @@ pub struct OptimizerConfig {
     pub warmup_epochs: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LossConfig {
     #[serde(default)]
     pub label_smoothing: Option<f32>,
-    /// Weight each class by inverse frequency (of the majority labels; with `soft_targets`, each
-    /// class's share of an image's votes is weighted).
+    /// Weight each class by inverse frequency of the majority labels (raised to
+    /// `class_weight_power`); with `soft_targets`, `soft_class_weights` says what is weighted.
     #[serde(default)]
     pub class_weights: bool,
+    /// The exponent of the inverse frequency: 1 is the plain inverse, 0.5 its square root (milder
+    /// weights for the rarest classes). Needs `class_weights`.
+    #[serde(default = "one_f32")]
+    pub class_weight_power: f32,
+    /// With `soft_targets` and `class_weights`: weight each class's share of the votes, or each
+    /// face by its majority class. Needs both.
+    #[serde(default)]
+    pub soft_class_weights: SoftClassWeights,
     /// Learn each image's annotator vote distribution instead of its majority class (FER+ only;
     /// evaluation stays on the majority class).
     #[serde(default)]
     pub soft_targets: bool,
 }
 
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            label_smoothing: None,
+            class_weights: false,
+            class_weight_power: 1.0,
+            soft_class_weights: SoftClassWeights::Votes,
+            soft_targets: false,
+        }
+    }
+}
+
+/// What class weights scale when the targets are vote distributions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SoftClassWeights {
+    /// Each class's share of an image's votes, by its class's weight. A face with nine neutral
+    /// votes and one contempt vote then weighs contempt above neutral (`ferplus-soft-cw` lost
+    /// this way: it called most neutral faces contempt).
+    #[default]
+    Votes,
+    /// The whole face, by its majority class's weight; its distribution keeps its shape. For a
+    /// one-hot distribution both are the same loss.
+    Face,
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("../shared/data")
 }
 fn one() -> f64 {
+    1.0
+}
+fn one_f32() -> f32 {
     1.0
 }
 fn default_weight_decay() -> f32 {
@@ -256,6 +293,22 @@ impl Config {
             return Some(
                 "loss.soft_targets needs data = \"ferplus\" (the only dataset with votes)".into(),
             );
+        }
+        let loss = &self.loss;
+        if !(loss.class_weight_power.is_finite() && loss.class_weight_power > 0.0) {
+            return Some("loss.class_weight_power must be positive".into());
+        }
+        if !loss.class_weights
+            && (loss.class_weight_power != 1.0
+                || loss.soft_class_weights != SoftClassWeights::Votes)
+        {
+            return Some(
+                "loss.class_weight_power and loss.soft_class_weights need loss.class_weights = true"
+                    .into(),
+            );
+        }
+        if loss.soft_class_weights != SoftClassWeights::Votes && !loss.soft_targets {
+            return Some("loss.soft_class_weights needs loss.soft_targets = true".into());
         }
         if let Some(d) = self.ema_decay
             && !(0.0..1.0).contains(&d)
@@ -398,5 +451,31 @@ mod tests {
             .is_err()
         );
         assert!(parse("", "").is_ok(), "supervised needs no [ssl]");
+    }
+
+    /// The class-weight knobs refuse settings that would do nothing or nonsense.
+    #[test]
+    fn class_weight_knobs_need_what_they_modify() {
+        let base = "data = \"ferplus\"\nseed = 1\nepochs = 1\nbatch_size = 8\n[optimizer]\nlearning_rate = 0.001\n[loss]\n";
+        let parse = |extra: &str| {
+            toml::from_str::<Config>(&format!("{base}{extra}"))
+                .unwrap()
+                .validate()
+        };
+        let face = "soft_class_weights = \"face\"\n";
+        assert!(
+            parse(&format!(
+                "class_weights = true\nsoft_targets = true\n{face}"
+            ))
+            .is_ok()
+        );
+        assert!(parse(&format!("soft_targets = true\n{face}")).is_err());
+        assert!(parse(&format!("class_weights = true\n{face}")).is_err());
+        assert!(parse("class_weights = true\nclass_weight_power = 0.5\n").is_ok());
+        assert!(parse("class_weight_power = 0.5\n").is_err());
+        assert!(parse("class_weights = true\nclass_weight_power = 0.0\n").is_err());
+        assert!(
+            toml::from_str::<Config>(&format!("{base}soft_class_weights = \"both\"\n")).is_err()
+        );
     }
 }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use fer_contract::{MANIFEST_FILE, Manifest};
 use fer_train::augment::AugmentConfig;
 use fer_train::backend::TrainBackend;
-use fer_train::config::{Config, LossConfig, Mode, OptimizerConfig, PseudoLabels, SslConfig};
+use fer_train::config::{
+    Config, LossConfig, Mode, OptimizerConfig, PseudoLabels, SoftClassWeights, SslConfig,
+};
 use fer_train::data::Source;
 use fer_train::export::{ExportRequest, Member, export};
 use fer_train::framing::ReframeConfig;
@@ -83,6 +85,10 @@ fn soft_targets_and_dtm_on_labelled_data_with_reframed_faces_train_and_export() 
     let mut dtm = smoke_config(Mode::Dtm);
     dtm.ssl.dtm.anchor = Anchor::Labelled;
     dtm.loss.soft_targets = true;
+    // The labelled half with per-face, square-root class weights (`ferplus-soft-w48-cwface.toml`).
+    dtm.loss.class_weights = true;
+    dtm.loss.class_weight_power = 0.5;
+    dtm.loss.soft_class_weights = SoftClassWeights::Face;
     dtm.ssl.pseudo_labels = PseudoLabels::Soft;
     dtm.ssl.reframe = Some(ReframeConfig {
         detector: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
