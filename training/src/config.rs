@@ -212,7 +212,7 @@ pub enum SoftClassWeights {
     #[default]
     Votes,
     /// The whole face, by its majority class's weight; its distribution keeps its shape. For a
-    /// one-hot distribution both are the same loss.
+    /// one-hot distribution without label smoothing both are the same loss.
     Face,
 }
 

@@ -110,8 +110,9 @@ impl SupervisedLoss {
     /// The mean loss over the batch, shape `[1]`. A distribution is smoothed like a class:
     /// (1 − ε)·t + ε/C. With class weights w on the votes, a distribution's loss is
     /// Σ_i Σ_c w_c·t̃_ic·(−log p_ic) / Σ_i Σ_c w_c·t_ic (t̃ smoothed, t not); on the face, with y_i
-    /// its majority class, Σ_i w_{y_i}·Σ_c t̃_ic·(−log p_ic) / Σ_i w_{y_i}. For a one-hot t both
-    /// are exactly burn's weighted loss of the class, whose normaliser is the targets' weights.
+    /// its majority class, Σ_i w_{y_i}·Σ_c t̃_ic·(−log p_ic) / Σ_i w_{y_i}. For a one-hot t the
+    /// first is exactly burn's weighted loss of the class, whose normaliser is the targets'
+    /// weights; so is the second without smoothing (with it, the ε/C share is not weighted by class).
     pub fn forward(&self, logits: Tensor<2>, targets: Targets) -> Tensor<1> {
         match targets {
             Targets::Classes(classes) => self.hard.forward(logits, classes),
