@@ -15,10 +15,10 @@ pub enum Targets {
     /// One class index per image, `[batch]`.
     Classes(Tensor<1, Int>),
     /// A probability over the classes per image, `[batch, classes]`, and each image's majority
-    /// class, `[batch]` (what per-face class weights look up).
+    /// class, `[batch]` (what per-face class weights look up; boxed to keep the enum small).
     Distribution {
         votes: Tensor<2>,
-        majority: Tensor<1, Int>,
+        majority: Box<Tensor<1, Int>>,
     },
 }
 
@@ -50,7 +50,7 @@ impl Targets {
                     TensorData::new(rows, [indices.len(), classes]),
                     device,
                 ),
-                majority: labels,
+                majority: Box::new(labels),
             });
         }
         Ok(Targets::Classes(labels))
@@ -129,7 +129,7 @@ impl SupervisedLoss {
                     (None, _) => (log_p * smoothed).sum_dim(1).neg().mean(),
                     (Some(w), SoftClassWeights::Face) => {
                         let per_face = (log_p * smoothed).sum_dim(1).neg().reshape([batch]);
-                        let face_w = w.clone().select(0, majority);
+                        let face_w = w.clone().select(0, *majority);
                         (per_face * face_w.clone()).sum() / face_w.sum()
                     }
                     (Some(w), SoftClassWeights::Votes) => {
@@ -175,7 +175,10 @@ mod tests {
         let batch = majority.len();
         Targets::Distribution {
             votes: Tensor::<2>::from_data(TensorData::new(rows, [batch, classes]), device),
-            majority: Tensor::<1, Int>::from_data(TensorData::new(majority, [batch]), device),
+            majority: Box::new(Tensor::<1, Int>::from_data(
+                TensorData::new(majority, [batch]),
+                device,
+            )),
         }
     }
 
