@@ -118,6 +118,9 @@ pub fn serve_command(models: &Path, extra: &[&str]) -> Command {
     command
 }
 
+/// How long a test server may take to listen, and then to be ready.
+const STARTUP: Duration = Duration::from_secs(180);
+
 impl Server {
     /// Starts `fer-server serve` on 127.0.0.1:0 with extra flags and waits until /readyz says 200.
     pub fn start(extra: &[&str]) -> Server {
@@ -153,7 +156,10 @@ impl Server {
         });
         let (mut http, mut grpc) = (None, None);
         while http.is_none() || grpc.is_none() {
-            match rx.recv_timeout(Duration::from_secs(60)) {
+            // Generous: every model is warmed up at each batch size before the server is ready, and
+            // the shipped graphs with test-time flip run their network two or four times a face, on
+            // 2 cores shared with the other tests' servers.
+            match rx.recv_timeout(STARTUP) {
                 Ok((true, address)) => grpc = Some(address),
                 Ok((false, address)) => http = Some(address),
                 Err(_) => {
@@ -168,7 +174,7 @@ impl Server {
             grpc: format!("http://{}", grpc.unwrap_or_default()),
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + STARTUP;
         while Instant::now() < deadline {
             if let Ok(r) = reqwest::blocking_get(&format!("{}/readyz", server.base))
                 && r == 200
