@@ -254,10 +254,9 @@ pub fn plots(dir: &Path, history: &[EpochRecord], classes: &[String]) -> anyhow:
     root.present().map_err(plot_err)?;
     confusion_plot(
         &dir.join(CONFUSION_SVG),
-        best.epoch,
+        &format!("{run}: validation confusion matrix, epoch {}", best.epoch),
         best_val,
         classes,
-        &run,
     )?;
     ssl_plot(dir, history, classes)
 }
@@ -269,14 +268,14 @@ fn shade(share: f64) -> RGBColor {
     RGBColor(mix(255.0, 8.0), mix(255.0, 48.0), mix(255.0, 107.0))
 }
 
-/// The validation confusion matrix of an epoch: rows are the true class, normalised to shares,
-/// with the count under each share, a colour bar, and the axes named.
-fn confusion_plot(
+/// A validation confusion matrix (a run's epoch, or an exported graph): rows are the true class,
+/// normalised to shares, with the count under each share, a colour bar, and the axes named. The
+/// title is `title` followed by the accuracy and macro-F1.
+pub(crate) fn confusion_plot(
     path: &Path,
-    epoch: usize,
+    title: &str,
     val: &Scores,
     classes: &[String],
-    run: &str,
 ) -> anyhow::Result<()> {
     let n = classes.len();
     let cell = 72i32;
@@ -291,8 +290,8 @@ fn confusion_plot(
     let ink = RGBColor(20, 20, 20);
     root.draw(&text(
         format!(
-            "{run}: validation confusion matrix, epoch {} (accuracy {:.4}, macro-F1 {:.4})",
-            epoch, val.accuracy, val.macro_f1
+            "{title} (accuracy {:.4}, macro-F1 {:.4})",
+            val.accuracy, val.macro_f1
         ),
         (10, 10),
         17,

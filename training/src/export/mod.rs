@@ -20,7 +20,7 @@ use crate::ensemble::{self, Ensemble};
 use crate::eval::{self, argmax};
 use crate::metrics::Scores;
 use crate::model::FerNet;
-use crate::report::{CONFUSION_SVG, CURVES_SVG, THRESHOLDS_SVG};
+use crate::report::{self, CONFUSION_SVG, CURVES_SVG, THRESHOLDS_SVG};
 use crate::run::{self, RunDir, RunState};
 use crate::train;
 
@@ -538,6 +538,24 @@ fn write_version(
     };
     std::fs::write(dir.join("MODEL_CARD.md"), card.render())?;
     copy_training_record(trained, dir)?;
+    if measured {
+        // The run's own confusion matrix (under training/) is its plain network's; the card's
+        // figures are this graph's, so draw its matrix beside the card.
+        let what = match (req.is_ensemble(), req.test_time_flip) {
+            (true, true) => "an ensemble, test-time flip on each",
+            (true, false) => "an ensemble",
+            (false, _) => "test-time flip",
+        };
+        report::confusion_plot(
+            &dir.join(CONFUSION_SVG),
+            &format!(
+                "{}/{} ({what}): validation confusion matrix",
+                manifest.name, manifest.version
+            ),
+            &scores,
+            &manifest.labels,
+        )?;
+    }
     Ok((parity, manifest))
 }
 

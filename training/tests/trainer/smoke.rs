@@ -333,6 +333,14 @@ fn export_folds_test_time_flip_into_the_graph(base: &ExportRequest) {
     for file in ["summary.json", "curves.svg", "confusion.svg"] {
         assert!(flipped.dir.join("training").join(file).is_file(), "{file}");
     }
+    // The graph's own confusion matrix, titled with its figures, beside the card.
+    let confusion = std::fs::read_to_string(flipped.dir.join("confusion.svg")).unwrap();
+    let title = format!(
+        "smoke/9 (test-time flip): validation confusion matrix (accuracy {:.4}, macro-F1 {:.4})",
+        flipped.figures.accuracy, flipped.figures.macro_f1
+    );
+    assert!(confusion.contains(&title), "{title} not in the picture");
+    assert!(card.contains("`confusion.svg`"), "{card}");
     // The plain export of the same run records no flip.
     let plain = Manifest::load(&base.models_dir.join("smoke/2").join(MANIFEST_FILE)).unwrap();
     assert!(
@@ -342,6 +350,8 @@ fn export_folds_test_time_flip_into_the_graph(base: &ExportRequest) {
             .contains_key("val_accuracy_without_flip")
     );
     assert!(!plain.provenance.metrics.contains_key("forward_passes"));
+    // Its figures are the run's, whose matrix is under training/: none drawn beside the card.
+    assert!(!base.models_dir.join("smoke/2/confusion.svg").exists());
 }
 
 /// `fer-train export --run A --run B`: two runs in one graph that outputs the log of their mean
@@ -427,10 +437,15 @@ fn two_runs_export_as_one_ensemble_graph() {
     ] {
         assert!(card.contains(needle), "{needle} not in {card}");
     }
-    // Each member's summary and pictures are kept beside the graph.
+    // Each member's summary and pictures are kept beside the graph, and the graph's own matrix.
     for file in ["member-1/summary.json", "member-2/curves.svg"] {
         assert!(done.dir.join("training").join(file).is_file(), "{file}");
     }
+    let confusion = std::fs::read_to_string(done.dir.join("confusion.svg")).unwrap();
+    assert!(
+        confusion.contains("duo/1 (an ensemble, test-time flip on each)"),
+        "the ensemble's matrix"
+    );
 
     let fer2013 = Config {
         data: Source::Fer2013,
