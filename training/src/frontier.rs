@@ -270,16 +270,14 @@ fn plot(
         .iter()
         .map(|m| m.accuracy)
         .chain(published.iter().map(|p| p.accuracy));
-    let (lo, hi) = accuracies.fold((1.0f64, 0.0f64), |(lo, hi), a| (lo.min(a), hi.max(a)));
+    let (lo, hi) = span(accuracies);
     let y = ((lo - 0.02).max(0.0) * 100.0)..((hi + 0.02).min(1.0) * 100.0);
 
     let macs = measured
         .iter()
         .map(|m| m.macs as f64 / 1e6)
         .chain(published.iter().map(|p| p.macs_millions));
-    let (mlo, mhi) = macs.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
+    let (mlo, mhi) = span(macs);
     // An INT8 variant has its source's network: on this panel it would sit on its source's dot.
     let points: Vec<Point> = measured
         .iter()
@@ -326,9 +324,7 @@ fn plot(
         .collect();
     // Log scale, as the other panel: the speeds span more than tenfold, and on a linear axis the slow,
     // accurate models crowd into its first fifth with their labels over each other.
-    let (slowest, fastest) = speeds.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), p| {
-        (lo.min(p.0), hi.max(p.0))
-    });
+    let (slowest, fastest) = span(speeds.iter().map(|p| p.0));
     panel(
         &right,
         &format!("Validation accuracy against measured speed (batch {batch})"),
@@ -420,6 +416,11 @@ fn panel(
     draw_points(&mut chart, points)
 }
 
+/// The smallest and largest of non-negative values (`(∞, 0)` for none).
+fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    values.fold((f64::INFINITY, 0.0), |(lo, hi), v| (lo.min(v), hi.max(v)))
+}
+
 /// Tick marks for a log axis: labelled at 1, 2 and 5 times each power of ten inside `range`, light
 /// grid lines at every integer multiple (plotters' own log axis labels only the powers of ten, which
 /// left the speed panel with one number under it).
@@ -509,6 +510,12 @@ fn label_below(points: &[Point], i: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn span_is_the_least_and_greatest_value() {
+        assert_eq!(span([3.0, 0.5, 7.25, 2.0].into_iter()), (0.5, 7.25));
+        assert_eq!(span(std::iter::empty()), (f64::INFINITY, 0.0));
+    }
 
     #[test]
     fn log_ticks_label_one_two_five_of_each_decade_inside_the_range() {

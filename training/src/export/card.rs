@@ -148,13 +148,13 @@ impl Card<'_> {
         } else {
             self.single_sections()
         };
-        let folded = match (req.is_ensemble(), req.test_time_flip) {
-            (true, true) => ", ensemble and test-time flip included",
-            (true, false) => ", ensemble included",
-            (false, true) => ", test-time flip included",
-            (false, false) => "",
+        let folded = req.folded();
+        let included = if folded.is_empty() {
+            String::new()
+        } else {
+            format!(", {} included", folded.join(" and "))
         };
-        let pictures = if req.is_ensemble() || req.test_time_flip {
+        let pictures = if !folded.is_empty() {
             "This graph's confusion matrix: `confusion.svg`. The training run's curves and confusion \
              matrix (its plain network: no flip, no ensemble): `training/`."
         } else {
@@ -166,7 +166,7 @@ impl Card<'_> {
              ## Data\n{data}. Read in place from `../shared/data/`; the images are research data and are not redistributed here.\n\n\
              ## Method\n{method}\n\n\
              ## Reproduce\n{reproduce}\n\n\
-             ## Validation metrics (best epoch{folded})\n- accuracy: {acc:.4}\n- macro-F1: {f1:.4}\n\n| class | F1 |\n|---|---|\n{per_class}\n{pictures}\n\n\
+             ## Validation metrics (best epoch{included})\n- accuracy: {acc:.4}\n- macro-F1: {f1:.4}\n\n| class | F1 |\n|---|---|\n{per_class}\n{pictures}\n\n\
              ## Export check\nONNX Runtime vs burn on {images} validation images: max |Δlogit| {diff:.2e} (tolerance {tol:.0e}), argmax agreement {agree}/{images}.\n\n\
              ## Intended use\nClassifying the expression of a single, roughly frontal, cropped face (as `POST /v1/classify` expects). \
              Research and demonstration use.\n\n\

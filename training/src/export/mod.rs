@@ -71,6 +71,19 @@ impl ExportRequest<'_> {
         self.members.len() > 1
     }
 
+    /// What the graph folds in beyond one network's plain forward pass, in the words the card and
+    /// the graph's confusion-matrix title use; empty for a plain network.
+    fn folded(&self) -> Vec<&'static str> {
+        let mut folded = Vec::new();
+        if self.is_ensemble() {
+            folded.push("ensemble");
+        }
+        if self.test_time_flip {
+            folded.push("test-time flip");
+        }
+        folded
+    }
+
     /// Passes of a network per face.
     fn passes(&self) -> usize {
         self.members.len() * if self.test_time_flip { 2 } else { 1 }
@@ -402,7 +415,7 @@ fn write_version(
     // A graph that is not one network's plain forward pass (test-time flip, an ensemble) is
     // scored here on the whole validation set; training chose each member's epoch by its plain
     // figures, which a plain single network keeps.
-    let measured = req.is_ensemble() || req.test_time_flip;
+    let measured = !req.folded().is_empty();
     let scored = if measured { &labelled.val } else { &val };
     // Each member's logits from a fresh load (the exporter moved the modules it captured onto its
     // capture device), mirror-mean with test-time flip; the graph must reproduce their
@@ -541,11 +554,7 @@ fn write_version(
     if measured {
         // The run's own confusion matrix (under training/) is its plain network's; the card's
         // figures are this graph's, so draw its matrix beside the card.
-        let what = match (req.is_ensemble(), req.test_time_flip) {
-            (true, true) => "an ensemble, test-time flip on each",
-            (true, false) => "an ensemble",
-            (false, _) => "test-time flip",
-        };
+        let what = req.folded().join(", ");
         report::confusion_plot(
             &dir.join(CONFUSION_SVG),
             &format!(

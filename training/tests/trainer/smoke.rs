@@ -443,7 +443,7 @@ fn two_runs_export_as_one_ensemble_graph() {
     }
     let confusion = std::fs::read_to_string(done.dir.join("confusion.svg")).unwrap();
     assert!(
-        confusion.contains("duo/1 (an ensemble, test-time flip on each)"),
+        confusion.contains("duo/1 (ensemble, test-time flip)"),
         "the ensemble's matrix"
     );
 
