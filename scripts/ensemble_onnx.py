@@ -7,7 +7,8 @@ For models whose run folders are gone (so `fer-train export --run A --run B` can
 ensemble graph), this asks the same question of the exported graphs: each version alone, and the
 mean of the class probabilities of every combination of two or more, as they are and with
 test-time flip (each face's logits averaged with its mirror image's, as `--test-time-flip` folds
-into a graph). Reads FER+ valid (8 labels) or FER2013 val (7) from ../shared/data/ in place and
+into a graph). Beside accuracy and macro-F1, the log loss (mean -ln p of the true label), which
+moves with every face's probability, not only with the few faces near a decision boundary. Reads FER+ valid (8 labels) or FER2013 val (7) from ../shared/data/ in place and
 labels FER+ faces by the trainer's majority rule (first largest vote; "unknown"/"not a face"
 majorities dropped). FER+'s PNGs give the trainer's own figures to the last face; FER2013's JPEGs
 decode a little differently in Pillow than in the trainer's decoder (`fer2013/2`: 67.87 % here,
@@ -88,7 +89,8 @@ def scores(probs, truth, classes):
         tp = np.sum((pred == c) & (truth == c))
         wrong = np.sum((pred == c) != (truth == c))
         f1.append(0.0 if tp == 0 else 2 * tp / (2 * tp + wrong))
-    return (pred == truth).mean(), float(np.mean(f1))
+    log_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(truth)), truth], 1e-12, None))))
+    return (pred == truth).mean(), float(np.mean(f1)), log_loss
 
 
 def main():
@@ -110,7 +112,7 @@ def main():
     print(f"{len(truth)} validation faces; probabilities averaged over each combination")
     if classes != 8:
         print("(FER2013: JPEGs decoded by Pillow, not the trainer's decoder; figures differ slightly)")
-    print("| graph | test-time flip | val accuracy | val macro-F1 |\n|---|---|---|---|")
+    print("| graph | test-time flip | val accuracy | val macro-F1 | val log loss |\n|---|---|---|---|---|")
     plain, mirrored = {}, {}
     for name, version, manifest in zip(names, args.versions, manifests):
         session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -121,8 +123,10 @@ def main():
         probs = {n: softmax((plain[n] + mirrored[n]) / 2 if flip else plain[n]) for n in names}
         for size in range(1, len(names) + 1):
             for combo in itertools.combinations(names, size):
-                accuracy, macro_f1 = scores(sum(probs[n] for n in combo) / size, truth, classes)
-                print(f"| {' + '.join(combo)} | {'yes' if flip else 'no'} | {accuracy:.2%} | {macro_f1:.4f} |")
+                accuracy, macro_f1, log_loss = scores(sum(probs[n] for n in combo) / size, truth, classes)
+                print(
+                    f"| {' + '.join(combo)} | {'yes' if flip else 'no'} | {accuracy:.2%} | {macro_f1:.4f} | {log_loss:.4f} |"
+                )
 
 
 if __name__ == "__main__":
