@@ -13,7 +13,7 @@ labels FER+ faces by the trainer's majority rule (first largest vote; "unknown"/
 majorities dropped). FER+'s PNGs give the trainer's own figures to the last face; FER2013's JPEGs
 decode a little differently in Pillow than in the trainer's decoder (`fer2013/2`: 67.87 % here,
 67.71 % in its manifest), so FER2013 figures are near the trainer's, not equal to them.
-Needs onnxruntime, numpy and pillow (pip).
+Needs onnxruntime, numpy and pillow (pip; `scripts/python-tests.sh` installs them into .venv).
 """
 
 import argparse
