@@ -415,7 +415,8 @@ fn write_version(
     // A graph that is not one network's plain forward pass (test-time flip, an ensemble) is
     // scored here on the whole validation set; training chose each member's epoch by its plain
     // figures, which a plain single network keeps.
-    let measured = !req.folded().is_empty();
+    let folded = req.folded();
+    let measured = !folded.is_empty();
     let scored = if measured { &labelled.val } else { &val };
     // Each member's logits from a fresh load (the exporter moved the modules it captured onto its
     // capture device), mirror-mean with test-time flip; the graph must reproduce their
@@ -554,7 +555,7 @@ fn write_version(
     if measured {
         // The run's own confusion matrix (under training/) is its plain network's; the card's
         // figures are this graph's, so draw its matrix beside the card.
-        let what = req.folded().join(", ");
+        let what = folded.join(", ");
         report::confusion_plot(
             &dir.join(CONFUSION_SVG),
             &format!(
