@@ -5,14 +5,15 @@
 
 For models whose run folders are gone (so `fer-train export --run A --run B` cannot build the
 ensemble graph), this asks the same question of the exported graphs: each version alone, and the
-mean of the class probabilities of every combination of two or more, as they are and with
-test-time flip (each face's logits averaged with its mirror image's, as `--test-time-flip` folds
-into a graph). Beside accuracy and macro-F1, the log loss (mean -ln p of the true label), which
-moves with every face's probability, not only with the few faces near a decision boundary. Reads
-FER+ valid (8 labels) or FER2013 val (7) from ../shared/data/ in place and labels FER+ faces by the
-trainer's majority rule (first largest vote; "unknown"/"not a face" majorities dropped). FER+'s
-PNGs give the trainer's own figures to the last face; FER2013's JPEGs decode a little differently in Pillow than in the trainer's decoder (`fer2013/2`: 67.87 % here,
-67.71 % in its manifest), so FER2013 figures are near the trainer's, not equal to them.
+mean of the class probabilities of every combination of two or more, as they are and with test-time
+flip (each face's logits averaged with its mirror image's, as `--test-time-flip` folds into a
+graph). Beside accuracy and macro-F1, the log loss (mean -ln p of the true label), which moves with
+every face's probability, not only with the few faces near a decision boundary. Reads FER+ valid (8
+labels) or FER2013 val (7) from ../shared/data/ in place and labels FER+ faces by the trainer's
+majority rule (first largest vote; "unknown"/"not a face" majorities dropped). FER+'s PNGs give the
+trainer's own figures to the last face; FER2013's JPEGs decode a little differently in Pillow than
+in the trainer's decoder (`fer2013/2`: 67.87 % here, 67.71 % in its manifest), so FER2013 figures
+are near the trainer's, not equal to them.
 Needs onnxruntime, numpy and pillow (pip; `scripts/python-tests.sh` installs them into .venv).
 """
 
